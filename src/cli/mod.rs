@@ -1,0 +1,1 @@
+//! The `scopegate` subcommands.

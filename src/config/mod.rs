@@ -1,0 +1,164 @@
+//! Configuration: load a TOML file, validate it, and hand out an immutable [`Config`].
+//!
+//! `raw` holds the serde shapes, `validate` turns them into typed runtime settings. Loading
+//! never touches live state, so `scopegate check`, `serve` and every reload run the same code.
+
+pub mod raw;
+mod routes;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use routes::{Lookup, Methods, Route, RouteMatch, RouteTable};
+pub use validate::validate;
+
+use crate::scopes::Catalog;
+
+/// Where `--config` points when it is not given and `$SCOPEGATE_CONFIG` is unset.
+pub const DEFAULT_CONFIG_FILE: &str = "scopegate.toml";
+
+/// A validated configuration. Built once per (re)load, then shared read-only.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was loaded from; relative paths inside it are resolved against its folder.
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub admin: Option<AdminSettings>,
+    pub keys: KeySettings,
+    pub auth: AuthSettings,
+    pub upstreams: Vec<UpstreamSettings>,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Lower-case, ends with `-`.
+    pub identity_prefix: String,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub trust_forwarded_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySettings {
+    pub dir: PathBuf,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub audiences: Vec<String>,
+    pub leeway_seconds: u64,
+    pub require_exp: bool,
+    pub max_token_bytes: usize,
+    pub catalog: Catalog,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    pub name: String,
+    /// `http` (https arrives with TLS support).
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prepended to every forwarded path; empty or starts with `/` and has no trailing `/`.
+    pub path_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+/// Everything wrong with a config file, each with its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem: where (1-based line, when known), which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match p.line {
+                Some(line) => write!(f, "{}:{}: ", self.file.display(), line)?,
+                None => write!(f, "{}: ", self.file.display())?,
+            }
+            if p.field.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.field, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn single(file: &Path, field: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                line: None,
+                field: field.to_owned(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Resolves `--config`: the flag, then `$SCOPEGATE_CONFIG` (clap fills it in), then
+/// `./scopegate.toml`.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE))
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single(path, "", format!("cannot read config: {e}")))?;
+    parse(path, &text)
+}
+
+/// Validates config text as if it had been read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        problems: vec![Problem {
+            line: e.span().map(|s| line_of(text, s.start)),
+            field: String::new(),
+            message: e.message().trim().to_owned(),
+        }],
+    })?;
+    validate(path, text, raw)
+}
+
+/// 1-based line of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

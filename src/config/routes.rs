@@ -1,0 +1,150 @@
+//! The route table: matchit over path templates, then a small per-template method list.
+//!
+//! Templates are matched against the *normalized* path (see `pipeline::path`), which is also the
+//! path forwarded upstream, so the route the gateway authorizes is the route the upstream serves.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::scopes::ScopeSet;
+
+/// Which methods a route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Methods {
+    Any,
+    /// Sorted, deduplicated. GET implies HEAD.
+    List(Vec<Method>),
+}
+
+impl Methods {
+    pub fn allows(&self, method: &Method) -> bool {
+        match self {
+            Methods::Any => true,
+            Methods::List(list) => {
+                list.contains(method) || (*method == Method::HEAD && list.contains(&Method::GET))
+            }
+        }
+    }
+
+    pub fn overlaps(&self, other: &Methods) -> bool {
+        match (self, other) {
+            (Methods::Any, _) | (_, Methods::Any) => true,
+            (Methods::List(a), Methods::List(b)) => a.iter().any(|m| b.contains(m)),
+        }
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Methods::Any => vec!["*"],
+            Methods::List(list) => list.iter().map(Method::as_str).collect(),
+        }
+    }
+}
+
+/// One route of the policy.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The template as configured; the only path that ever appears in metrics labels.
+    pub template: Arc<str>,
+    pub methods: Methods,
+    pub scopes: ScopeSet,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub public: bool,
+    pub token_query_param: Option<String>,
+    pub org_param: Option<String>,
+    pub forward_token: bool,
+    /// Line of the route in its config file, for `check` and error messages.
+    pub line: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    routes: Vec<usize>,
+    /// Precomputed `Allow` header value for 405 answers.
+    allow: String,
+}
+
+/// All routes, indexed for matching.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    router: matchit::Router<Entry>,
+    routes: Vec<Route>,
+}
+
+/// A route that matched, with the value of its `org_param` if it has one.
+#[derive(Debug)]
+pub struct RouteMatch<'r, 'p> {
+    pub route: &'r Route,
+    pub org: Option<&'p str>,
+}
+
+/// Why no route matched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    NotFound,
+    MethodNotAllowed { allow: &'a str },
+}
+
+impl RouteTable {
+    /// Builds the table; routes must already be checked for method overlaps on equal templates.
+    pub(crate) fn build(routes: Vec<Route>) -> Result<Self, (usize, String)> {
+        let mut router = matchit::Router::new();
+        let mut by_template: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match by_template.iter_mut().find(|(t, _)| *t == r.template) {
+                Some((_, list)) => list.push(i),
+                None => by_template.push((r.template.clone(), vec![i])),
+            }
+        }
+        for (template, list) in by_template {
+            let mut allow: Vec<&str> = Vec::new();
+            for &i in &list {
+                for m in routes[i].methods.names() {
+                    if !allow.contains(&m) {
+                        allow.push(m);
+                    }
+                }
+                if routes[i].methods.allows(&Method::GET) && !allow.contains(&"HEAD") {
+                    allow.push("HEAD");
+                }
+            }
+            let allow = allow.join(", ");
+            let first = list[0];
+            router
+                .insert(template.to_string(), Entry { routes: list, allow })
+                .map_err(|e| (first, e.to_string()))?;
+        }
+        Ok(RouteTable { router, routes })
+    }
+
+    /// Finds the route for a normalized path and method.
+    pub fn lookup<'r, 'p>(
+        &'r self,
+        method: &Method,
+        path: &'p str,
+    ) -> Result<RouteMatch<'r, 'p>, Lookup<'r>> {
+        let matched = self.router.at(path).map_err(|_| Lookup::NotFound)?;
+        let entry = matched.value;
+        let Some(route) = entry
+            .routes
+            .iter()
+            .map(|&i| &self.routes[i])
+            .find(|r| r.methods.allows(method))
+        else {
+            return Err(Lookup::MethodNotAllowed {
+                allow: entry.allow.as_str(),
+            });
+        };
+        let org = route
+            .org_param
+            .as_deref()
+            .and_then(|name| matched.params.get(name));
+        Ok(RouteMatch { route, org })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}

@@ -1,0 +1,403 @@
+//! Raw config → typed [`Config`]. Pure: reads nothing but the text it is given.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use toml::Spanned;
+
+use super::raw::RawConfig;
+use super::routes::{Methods, Route, RouteTable};
+use super::{
+    line_of, AdminSettings, AuthSettings, Config, ConfigError, KeySettings, Problem,
+    ServerSettings, UpstreamSettings,
+};
+use crate::scopes::{Catalog, ScopeSet};
+
+/// Collects problems so one `check` run reports all of them.
+struct Problems<'t> {
+    text: &'t str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+        let line = (span != (0..0)).then(|| line_of(self.text, span.start));
+        self.list.push(Problem {
+            line,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a parsed config. `path` names the file in errors and anchors relative paths.
+pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut p = Problems {
+        text,
+        list: Vec::new(),
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    let listen = socket_addr(&mut p, &raw.server.listen, "server.listen");
+    let prefix = raw.server.identity_header_prefix.get_ref().to_ascii_lowercase();
+    if prefix.len() < 3
+        || !prefix.ends_with('-')
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        p.at(
+            raw.server.identity_header_prefix.span(),
+            "server.identity_header_prefix",
+            "must be at least 3 characters of letters, digits and '-', ending with '-'",
+        );
+    }
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| socket_addr(&mut p, &a.listen, "admin.listen"))
+        .map(|listen| AdminSettings { listen });
+
+    let mut catalog_extra = Vec::new();
+    for s in &raw.auth.extra_scopes {
+        if !valid_scope_name(s.get_ref()) {
+            p.at(
+                s.span(),
+                "auth.extra_scopes",
+                format!(
+                    "'{}' is not a valid scope name (letters, digits, '.', '-', '_')",
+                    s.get_ref()
+                ),
+            );
+        }
+        catalog_extra.push(s.get_ref().as_str());
+    }
+    let catalog = Catalog::new(catalog_extra);
+    if raw.auth.audiences.is_empty() {
+        p.at(
+            0..0,
+            "auth.audiences",
+            "at least one audience is required: tokens without a matching `aud` are refused",
+        );
+    }
+    if raw.auth.max_token_bytes < 64 {
+        p.at(0..0, "auth.max_token_bytes", "must be at least 64");
+    }
+
+    let mut upstreams = Vec::new();
+    for (name, up) in &raw.upstreams {
+        let span = up.span();
+        let up = up.get_ref();
+        if let Some(settings) = upstream(&mut p, name, span, up) {
+            upstreams.push(settings);
+        }
+    }
+
+    let mut routes = Vec::new();
+    for (i, spanned) in raw.routes.iter().enumerate() {
+        let field = format!("routes[{i}]");
+        let line = line_of(text, spanned.span().start);
+        let r = spanned.get_ref();
+        let template = r.path.get_ref();
+        if !template.starts_with('/') {
+            p.at(r.path.span(), format!("{field}.path"), "must start with '/'");
+        }
+        if let Some(bad) = template.chars().find(|c| {
+            c.is_ascii_control() || c.is_whitespace() || matches!(c, '?' | '#' | '\\' | '%' | ';')
+        }) {
+            p.at(
+                r.path.span(),
+                format!("{field}.path"),
+                format!("contains {bad:?}, which never appears in a normalized path"),
+            );
+        }
+        let params = template_params(template);
+        let methods = methods(&mut p, &field, &r.methods);
+        let mut scopes = Vec::new();
+        for s in &r.scopes {
+            match catalog.resolve(s.get_ref()) {
+                Some(name) => scopes.push(name),
+                None => p.at(
+                    s.span(),
+                    format!("{field}.scopes"),
+                    format!(
+                        "unknown scope '{}' (declare it in [auth] extra_scopes)",
+                        s.get_ref()
+                    ),
+                ),
+            }
+        }
+        if r.public && !r.scopes.is_empty() {
+            p.at(
+                spanned.span(),
+                &field,
+                "a public route cannot require scopes: it accepts requests without a token",
+            );
+        }
+        if r.public && r.token_query_param.is_some() {
+            p.at(
+                spanned.span(),
+                &field,
+                "a public route takes no token, so token_query_param makes no sense",
+            );
+        }
+        if r.public && r.org_param.is_some() {
+            p.at(
+                spanned.span(),
+                &field,
+                "a public route has no key, so org_param cannot be checked",
+            );
+        }
+        if let Some(q) = &r.token_query_param {
+            if q.get_ref().is_empty()
+                || !q
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                p.at(
+                    q.span(),
+                    format!("{field}.token_query_param"),
+                    "must be a non-empty name of letters, digits, '_' and '-'",
+                );
+            }
+        }
+        if let Some(o) = &r.org_param {
+            if !params.iter().any(|n| n == o.get_ref()) {
+                p.at(
+                    o.span(),
+                    format!("{field}.org_param"),
+                    format!(
+                        "'{}' is not a parameter of path '{template}'",
+                        o.get_ref()
+                    ),
+                );
+            }
+        }
+        let upstream = match upstreams.iter().position(|u| u.name == *r.upstream.get_ref()) {
+            Some(idx) => idx,
+            None => {
+                if !raw.upstreams.contains_key(r.upstream.get_ref()) {
+                    p.at(
+                        r.upstream.span(),
+                        format!("{field}.upstream"),
+                        format!("unknown upstream '{}'", r.upstream.get_ref()),
+                    );
+                }
+                0
+            }
+        };
+        routes.push(Route {
+            template: Arc::from(template.as_str()),
+            methods,
+            scopes: ScopeSet::from_names(scopes.iter().map(|s| &**s)),
+            upstream,
+            public: r.public,
+            token_query_param: r.token_query_param.as_ref().map(|q| q.get_ref().clone()),
+            org_param: r.org_param.as_ref().map(|o| o.get_ref().clone()),
+            forward_token: r.forward_token.unwrap_or(raw.server.forward_token),
+            line,
+        });
+    }
+
+    // Two routes on one template must not both claim a method: which one wins would be an
+    // accident of file order.
+    for (i, a) in routes.iter().enumerate() {
+        if let Some(b) = routes[..i]
+            .iter()
+            .find(|b| b.template == a.template && b.methods.overlaps(&a.methods))
+        {
+            p.at(
+                raw.routes[i].span(),
+                format!("routes[{i}]"),
+                format!(
+                    "'{}' with methods {:?} conflicts with the route at line {}",
+                    a.template,
+                    a.methods.names(),
+                    b.line
+                ),
+            );
+        }
+    }
+
+    if !p.list.is_empty() {
+        return Err(ConfigError {
+            file: path.to_owned(),
+            problems: p.list,
+        });
+    }
+    let routes = RouteTable::build(routes).map_err(|(i, message)| ConfigError {
+        file: path.to_owned(),
+        problems: vec![Problem {
+            line: Some(line_of(text, raw.routes[i].span().start)),
+            field: format!("routes[{i}].path"),
+            message,
+        }],
+    })?;
+
+    Ok(Config {
+        source: path.to_owned(),
+        server: ServerSettings {
+            listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            identity_prefix: prefix,
+            shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds),
+            header_read_timeout: Duration::from_secs(raw.server.header_read_timeout_seconds.max(1)),
+            trust_forwarded_headers: raw.server.trust_forwarded_headers,
+        },
+        admin,
+        keys: KeySettings {
+            dir: base.join(&raw.keys.dir),
+            poll_interval: Duration::from_millis(raw.keys.poll_interval_ms.clamp(10, 60_000)),
+        },
+        auth: AuthSettings {
+            audiences: raw.auth.audiences,
+            leeway_seconds: raw.auth.leeway_seconds,
+            require_exp: raw.auth.require_exp,
+            max_token_bytes: raw.auth.max_token_bytes,
+            catalog,
+        },
+        upstreams,
+        routes,
+    })
+}
+
+fn socket_addr(p: &mut Problems, value: &Spanned<String>, field: &str) -> Option<SocketAddr> {
+    match value.get_ref().parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.at(
+                value.span(),
+                field,
+                format!(
+                    "'{}' is not an IP:port address (e.g. 127.0.0.1:8080)",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn valid_scope_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Parameter names of a matchit template (`{name}` and `{*name}`).
+fn template_params(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        out.push(rest[start + 1..start + end].trim_start_matches('*').to_owned());
+        rest = &rest[start + end + 1..];
+    }
+    out
+}
+
+fn methods(p: &mut Problems, field: &str, raw: &[Spanned<String>]) -> Methods {
+    if raw.is_empty() {
+        p.at(
+            0..0,
+            format!("{field}.methods"),
+            "list at least one method, or \"*\" for any",
+        );
+        return Methods::Any;
+    }
+    if raw.iter().any(|m| m.get_ref() == "*") {
+        if raw.len() > 1 {
+            p.at(
+                raw[0].span(),
+                format!("{field}.methods"),
+                "\"*\" already means every method; list nothing else",
+            );
+        }
+        return Methods::Any;
+    }
+    let mut list = Vec::new();
+    for m in raw {
+        let upper = m.get_ref().to_ascii_uppercase();
+        let ok = !upper.is_empty() && upper.bytes().all(|b| b.is_ascii_uppercase());
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(method) if ok => {
+                if !list.contains(&method) {
+                    list.push(method);
+                }
+            }
+            _ => p.at(
+                m.span(),
+                format!("{field}.methods"),
+                format!("'{}' is not an HTTP method", m.get_ref()),
+            ),
+        }
+    }
+    list.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Methods::List(list)
+}
+
+fn upstream(
+    p: &mut Problems,
+    name: &str,
+    span: Range<usize>,
+    raw: &super::raw::RawUpstream,
+) -> Option<UpstreamSettings> {
+    let field = format!("upstreams.{name}");
+    let url = raw.url.get_ref();
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            p.at(
+                raw.url.span(),
+                format!("{field}.url"),
+                format!("'{url}' is not a URL: {e}"),
+            );
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        p.at(
+            raw.url.span(),
+            format!("{field}.url"),
+            format!("'{url}' needs a scheme and a host, like http://127.0.0.1:3000"),
+        );
+        return None;
+    };
+    if *scheme != http::uri::Scheme::HTTP {
+        p.at(
+            raw.url.span(),
+            format!("{field}.url"),
+            format!("scheme '{scheme}' is not supported yet; use http://"),
+        );
+        return None;
+    }
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        p.at(
+            raw.url.span(),
+            format!("{field}.url"),
+            "must not carry a query or user info",
+        );
+        return None;
+    }
+    if raw.connect_timeout_ms == 0 || raw.response_timeout_ms == 0 {
+        p.at(span, &field, "timeouts must be greater than zero");
+    }
+    Some(UpstreamSettings {
+        name: name.to_owned(),
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+        path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        response_timeout: Duration::from_millis(raw.response_timeout_ms),
+        pool_idle_timeout: Duration::from_secs(raw.pool_idle_timeout_seconds),
+        pool_max_idle: raw.pool_max_idle,
+    })
+}

@@ -1,0 +1,280 @@
+//! Forwarding an authorized request upstream, streaming both ways.
+//!
+//! Header hygiene follows RFC 9110 §7.6.1: hop-by-hop fields, and every field the
+//! `Connection` header names, are removed in both directions. Identity headers are removed
+//! from the inbound request in every spelling before the verified ones are added, so an
+//! upstream can trust them.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::authorize::{Permit, ACT_HEADER};
+use crate::config::UpstreamSettings;
+use crate::error::GatewayError;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// One upstream with its pooled keep-alive client.
+#[derive(Debug)]
+pub struct Upstream {
+    pub settings: UpstreamSettings,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle)
+            .build(connector);
+        Upstream { settings, client }
+    }
+
+    /// Sends the request; the response head must arrive within the response timeout.
+    pub async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.settings.response_timeout, self.client.request(request)).await
+        {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %self.settings.name, error = %e, "upstream request failed");
+                Err(GatewayError::UpstreamUnavailable)
+            }
+            Ok(Ok(mut response)) => {
+                strip_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// Identity header names, built once per config from the prefix.
+#[derive(Debug, Clone)]
+pub struct IdentityNames {
+    pub prefix: String,
+    pub org: HeaderName,
+    pub key: HeaderName,
+    pub scopes: HeaderName,
+    pub sub: HeaderName,
+    pub claims: HeaderName,
+}
+
+impl IdentityNames {
+    pub fn new(prefix: &str) -> Self {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .expect("the prefix is validated header-safe")
+        };
+        IdentityNames {
+            prefix: prefix.to_owned(),
+            org: name("org"),
+            key: name("key"),
+            scopes: name("scopes"),
+            sub: name("sub"),
+            claims: name("claims"),
+        }
+    }
+
+    /// Does this inbound header name claim to be an identity header, in any spelling?
+    fn matches(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        let prefix = self.prefix.as_bytes();
+        name.len() >= prefix.len()
+            && name[..prefix.len()].iter().zip(prefix).all(|(&a, &b)| {
+                let a = a.to_ascii_lowercase();
+                a == b || (a == b'_' && b == b'-')
+            })
+    }
+}
+
+/// What the handler tells `prepare` about the client side of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    pub peer: SocketAddr,
+    pub proto: &'static str,
+    pub trust_forwarded: bool,
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Rewrites inbound headers into the upstream's: removes hop-by-hop and spoofable fields, sets
+/// `X-Forwarded-*`, adds the permit's identity.
+pub fn prepare_headers(
+    headers: &mut HeaderMap,
+    permit: &Permit,
+    names: &IdentityNames,
+    client: ClientSide<'_>,
+    keep_authorization: bool,
+) {
+    strip_hop_by_hop(headers);
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| names.matches(n))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    if !keep_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    headers.remove(ACT_HEADER);
+    headers.remove(header::HOST);
+
+    let peer = HeaderValue::from_str(&client.peer.ip().to_string()).expect("IPs are header-safe");
+    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
+        Some(existing) if client.trust_forwarded => {
+            let mut joined = existing.as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or(peer)
+        }
+        _ => peer,
+    };
+    if !client.trust_forwarded {
+        headers.remove(header::FORWARDED);
+        headers.remove(X_FORWARDED_HOST);
+        headers.remove(X_FORWARDED_PROTO);
+    }
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if !client.trust_forwarded || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+    }
+    if let Some(host) = client.host {
+        if !client.trust_forwarded || !headers.contains_key(X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+
+    if let Some(id) = &permit.identity {
+        headers.insert(
+            names.org.clone(),
+            HeaderValue::from_str(&id.key.org).expect("org ids are header-safe"),
+        );
+        headers.insert(
+            names.key.clone(),
+            HeaderValue::from_str(&id.key.id).expect("key ids are header-safe"),
+        );
+        headers.insert(names.scopes.clone(), id.scopes.clone());
+        if let Some(sub) = &id.sub {
+            headers.insert(names.sub.clone(), sub.clone());
+        }
+        if let Some(claims) = &id.claims {
+            headers.insert(names.claims.clone(), claims.clone());
+        }
+    }
+}
+
+/// Removes hop-by-hop fields and those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(text) = value.to_str() {
+            for token in text.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+/// The upstream URL for a normalized path and the query left after taking out the token.
+pub fn upstream_uri(
+    settings: &UpstreamSettings,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, GatewayError> {
+    let mut pq = String::with_capacity(settings.path_prefix.len() + path.len() + 1 + query.map_or(0, str::len));
+    pq.push_str(&settings.path_prefix);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(settings.scheme.clone())
+        .authority(settings.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadPath)
+}
+
+/// Times the upstream round trip into the upstream histogram.
+pub async fn send_timed(
+    upstream: &Upstream,
+    request: Request<Incoming>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Response<Incoming>, GatewayError> {
+    let started = Instant::now();
+    let result = upstream.send(request).await;
+    metrics
+        .upstream_timer(&upstream.settings.name)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The response body type of the gateway: a streamed upstream body or a small local one.
+pub type Body = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_names_match_every_spelling() {
+        let names = IdentityNames::new("x-scopegate-");
+        for n in ["x-scopegate-org", "x_scopegate_org", "x-scopegate_sub", "x_scopegate-anything"] {
+            assert!(names.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+        }
+        for n in ["x-scopegat", "x-scopegateorg", "scopegate-org"] {
+            assert!(!names.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+        }
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret ,keep-alive"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,300 @@
+//! Hot reload: config and key files are rescanned on file events (notify), on a polling tick
+//! (for filesystems that send no events), and — for the config — on SIGHUP.
+//!
+//! A new snapshot is built completely off the request path and then swapped in with one
+//! `ArcSwap::store`. A broken config never replaces a good one; a broken key file keeps that
+//! organization's last good keys and leaves every other organization alone. Every attempt ends
+//! in one [`ReloadOutcome`] whose `emit` writes the log line and bumps the counter.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{self, KeySettings};
+use crate::gateway::{Gateway, Snapshot};
+use crate::keys::store::{self, Fingerprint};
+use crate::keys::{KeySet, OrgKeys};
+use crate::metrics::Metrics;
+use crate::scopes::Catalog;
+
+/// What one reload attempt did.
+#[derive(Debug)]
+pub enum ReloadOutcome<'a> {
+    Applied { kind: &'static str, source: &'a Path },
+    Rejected { kind: &'static str, source: &'a Path, reason: String },
+    Removed { kind: &'static str, source: &'a Path },
+}
+
+impl ReloadOutcome<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        match self {
+            ReloadOutcome::Applied { kind, source } => {
+                tracing::info!(kind, file = %source.display(), "reloaded");
+                metrics.reloads.with_label_values(&[kind, "success"]).inc();
+            }
+            ReloadOutcome::Removed { kind, source } => {
+                tracing::info!(kind, file = %source.display(), "removed; its keys are no longer accepted");
+                metrics.reloads.with_label_values(&[kind, "success"]).inc();
+            }
+            ReloadOutcome::Rejected {
+                kind,
+                source,
+                reason,
+            } => {
+                tracing::error!(kind, file = %source.display(), %reason, "reload rejected; keeping the last good version");
+                metrics.reloads.with_label_values(&[kind, "rejected"]).inc();
+            }
+        }
+    }
+}
+
+struct FileState {
+    fingerprint: Fingerprint,
+    good: Option<Arc<OrgKeys>>,
+    failing: bool,
+}
+
+/// The key folder as last seen: per file, its fingerprint and its last good keys.
+pub struct KeyFiles {
+    settings: KeySettings,
+    catalog: Catalog,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl KeyFiles {
+    pub fn new(settings: KeySettings, catalog: Catalog) -> Self {
+        KeyFiles {
+            settings,
+            catalog,
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.settings.dir
+    }
+
+    /// Adopts new settings from a reloaded config. Files are re-read (scope names may mean
+    /// something else now) but keep their last good keys if they no longer parse.
+    pub fn reconfigure(&mut self, settings: &KeySettings, catalog: &Catalog) -> bool {
+        if self.settings == *settings && self.catalog == *catalog {
+            return false;
+        }
+        if self.settings.dir != settings.dir {
+            self.files.clear();
+        }
+        self.settings = settings.clone();
+        self.catalog = catalog.clone();
+        for state in self.files.values_mut() {
+            // Force a re-read on the next rescan.
+            state.fingerprint = Fingerprint::default();
+        }
+        true
+    }
+
+    /// Looks at every file; returns a new key set if anything changed.
+    pub fn rescan(&mut self, metrics: &Metrics) -> Option<KeySet> {
+        let listed = match store::org_files(&self.settings.dir) {
+            Ok(list) => list,
+            Err(e) => {
+                // An unreadable folder is an I/O fault, not a decision to revoke every key.
+                ReloadOutcome::Rejected {
+                    kind: "keys",
+                    source: &self.settings.dir,
+                    reason: format!("cannot list the key folder: {e}"),
+                }
+                .emit(metrics);
+                return None;
+            }
+        };
+        let mut changed = false;
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !listed.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.files.remove(&path);
+            ReloadOutcome::Removed {
+                kind: "keys",
+                source: &path,
+            }
+            .emit(metrics);
+            changed = true;
+        }
+        for path in listed {
+            let Ok(fingerprint) = store::fingerprint(&path) else {
+                continue;
+            };
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|s| s.fingerprint == fingerprint)
+            {
+                continue;
+            }
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| store::StoreError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+                .and_then(|text| store::parse_org_file(&path, &text, &self.catalog));
+            let previous = self.files.remove(&path);
+            let state = match parsed {
+                Ok(org) => {
+                    ReloadOutcome::Applied {
+                        kind: "keys",
+                        source: &path,
+                    }
+                    .emit(metrics);
+                    changed = true;
+                    FileState {
+                        fingerprint,
+                        good: Some(Arc::new(org)),
+                        failing: false,
+                    }
+                }
+                Err(e) => {
+                    ReloadOutcome::Rejected {
+                        kind: "keys",
+                        source: &path,
+                        reason: e.to_string(),
+                    }
+                    .emit(metrics);
+                    FileState {
+                        fingerprint,
+                        good: previous.and_then(|p| p.good),
+                        failing: true,
+                    }
+                }
+            };
+            self.files.insert(path, state);
+        }
+        metrics
+            .key_file_errors
+            .set(self.files.values().filter(|s| s.failing).count() as i64);
+        if !changed {
+            return None;
+        }
+        let (set, clashes) = KeySet::build(self.files.values().filter_map(|s| s.good.as_deref()));
+        for id in clashes {
+            tracing::error!(key = %id, "a key id appears in two organizations; refusing it in both");
+        }
+        Some(set)
+    }
+}
+
+/// Loads the keys of a folder once, for startup and `check`.
+pub fn initial_keys(settings: &KeySettings, catalog: &Catalog, metrics: &Metrics) -> (KeyFiles, KeySet) {
+    let mut files = KeyFiles::new(settings.clone(), catalog.clone());
+    let set = files.rescan(metrics).unwrap_or_default();
+    (files, set)
+}
+
+/// Runs until `shutdown` flips: watches files, rebuilds snapshots, swaps them in.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    config_path: PathBuf,
+    mut key_files: KeyFiles,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "file events unavailable; relying on polling");
+            None
+        }
+    };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    let mut config_fingerprint = store::fingerprint(&config_path).ok();
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+
+    loop {
+        let poll = gateway.snapshot.load().config.keys.poll_interval;
+        rewatch(&mut watcher, &mut watched, &config_path, key_files.dir());
+        let mut forced = false;
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = events.recv() => {
+                // Let a burst of events (write + rename + chmod) settle, then rescan once.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                while events.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(poll) => {}
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading the config");
+                forced = true;
+            }
+        }
+        let fingerprint = store::fingerprint(&config_path).ok();
+        if forced || fingerprint != config_fingerprint {
+            config_fingerprint = fingerprint;
+            reload_config(&gateway, &config_path, &mut key_files);
+        }
+        if let Some(set) = key_files.rescan(&gateway.metrics) {
+            gateway.replace_keys(set);
+        }
+    }
+}
+
+fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles) {
+    match config::load(path) {
+        Ok(new) => {
+            let current = gateway.snapshot.load_full();
+            let old = &current.config;
+            if new.server.listen != old.server.listen
+                || new.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
+            {
+                tracing::warn!("listen addresses changed in the config; they take effect on restart");
+            }
+            key_files.reconfigure(&new.keys, &new.auth.catalog);
+            let snapshot = Snapshot::build(Arc::new(new), Some(&current));
+            gateway.snapshot.store(Arc::new(snapshot));
+            ReloadOutcome::Applied {
+                kind: "config",
+                source: path,
+            }
+            .emit(&gateway.metrics);
+        }
+        Err(e) => ReloadOutcome::Rejected {
+            kind: "config",
+            source: path,
+            reason: e.to_string(),
+        }
+        .emit(&gateway.metrics),
+    }
+}
+
+fn rewatch(
+    watcher: &mut Option<notify::RecommendedWatcher>,
+    watched: &mut Vec<PathBuf>,
+    config_path: &Path,
+    keys_dir: &Path,
+) {
+    let Some(w) = watcher.as_mut() else { return };
+    let config_dir = match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let wanted = [config_dir, keys_dir.to_owned()];
+    if watched.as_slice() == wanted.as_slice() {
+        return;
+    }
+    for p in watched.drain(..) {
+        let _ = w.unwatch(&p);
+    }
+    for p in &wanted {
+        if let Err(e) = w.watch(p, RecursiveMode::NonRecursive) {
+            tracing::debug!(path = %p.display(), error = %e, "cannot watch; polling covers it");
+        }
+    }
+    *watched = wanted.to_vec();
+}
