@@ -1,1 +1,72 @@
-fn main() {}
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use scopegate::cli::{self, Cli, Command};
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SCOPEGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SCOPEGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let flag = cli.config.as_deref();
+    match &cli.command {
+        Command::Serve => {
+            init_tracing("info");
+            let path = scopegate::config::config_path(flag);
+            runtime().block_on(scopegate::server::serve(path))
+        }
+        Command::Demo => {
+            init_tracing("warn,scopegate=info");
+            runtime().block_on(cli::demo::run())
+        }
+        Command::Check => {
+            init_tracing("warn");
+            cli::check(flag)?.print(cli.json);
+            Ok(())
+        }
+        Command::Orgs(cmd) => {
+            let (_, config) = cli::load_config(flag)?;
+            cli::orgs(&config, cmd)?.print(cli.json);
+            Ok(())
+        }
+        Command::Keys(cmd) => {
+            let (_, config) = cli::load_config(flag)?;
+            cli::keys(&config, cmd)?.print(cli.json);
+            Ok(())
+        }
+        Command::Tokens(cmd) => {
+            // Signing needs no config; use it for defaults when there is one.
+            let config = cli::load_config(flag).ok().map(|(_, c)| c);
+            cli::tokens(config.as_ref(), cmd)?.print(cli.json);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,435 @@
-//! The `scopegate` subcommands.
+//! The `scopegate` subcommands. `main.rs` parses; everything here is plain functions that
+//! return what they print, so tests can call them.
+
+pub mod demo;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::config::{self, Config};
+use crate::keys::store::{self, Store};
+use crate::scopes::{scopes_for_use, KeyUse};
+
+/// A reverse-proxy authorization gateway: verifies each request's JWT against
+/// per-organization keys, enforces the scopes each route requires, and forwards what is
+/// allowed with verified identity headers.
+#[derive(Debug, Parser)]
+#[command(name = "scopegate", version, propagate_version = true)]
+pub struct Cli {
+    /// Config file. Defaults to $SCOPEGATE_CONFIG, then ./scopegate.toml.
+    #[arg(long, global = true, env = "SCOPEGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM/SIGINT; reloads config and keys as they change.
+    Serve,
+    /// Run a gateway and a built-in demo upstream with throw-away keys, and print curls to try.
+    Demo,
+    /// Validate the config and its key files, print the route table; non-zero exit on errors.
+    Check,
+    /// Manage organizations.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Manage keys. A running gateway picks up changes without a restart.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Make tokens the way State Backed's token library does.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organization (prints its id).
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// List organizations.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key. Its secret is printed once and never again.
+    Create(KeysCreate),
+    /// List keys (never their secrets).
+    List {
+        /// Only this organization's keys.
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Delete a key; gateways refuse its tokens within a second.
+    Delete {
+        #[arg(long, value_name = "sbk_…")]
+        key: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("grant").required(true).args(["key_use", "scopes"])))]
+pub struct KeysCreate {
+    /// The organization that owns the key.
+    #[arg(long)]
+    pub org: String,
+    /// Grant the scopes of a use: production (events.write state.read instances.write
+    /// indexes.read), ci (machines.* machine-versions.*), admin (org.write org-keys.write
+    /// org-members.write).
+    #[arg(long = "use", value_enum)]
+    pub key_use: Option<KeyUse>,
+    /// Grant exactly these scopes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub scopes: Option<Vec<String>>,
+    /// A name to recognize the key by.
+    #[arg(long)]
+    pub name: String,
+    /// HS256 (State Backed's), HS384 or HS512.
+    #[arg(long, default_value = "HS256")]
+    pub algorithm: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Sign a token with a key: header {alg, kid}, payload {act, aud, exp, iss, iat}.
+    Generate(TokensGenerate),
+}
+
+#[derive(Debug, Args)]
+pub struct TokensGenerate {
+    #[arg(long, value_name = "sbk_…")]
+    pub key: String,
+    #[arg(long, value_name = "sbsec_…", env = "SCOPEGATE_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// End-user claims (a JSON object), placed under `act`.
+    #[arg(long, default_value = "{}")]
+    pub claims: String,
+    /// Lifetime, like 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub expires_in: Duration,
+    /// `aud`; defaults to the config's first audience, else State Backed's.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// `iss`; defaults to https://<key>.client.statebacked.dev/ like State Backed's library.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Narrow the token below the key's scopes (space- or comma-separated).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// HS256, HS384 or HS512; defaults to the stored key's, else HS256.
+    #[arg(long)]
+    pub algorithm: Option<String>,
+}
+
+/// Loads the config named on the command line (or its default), with a helpful error.
+pub fn load_config(flag: Option<&Path>) -> anyhow::Result<(PathBuf, Config)> {
+    let path = config::config_path(flag);
+    let config = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((path, config))
+}
+
+fn store_of(config: &Config) -> Store {
+    Store::new(&config.keys.dir, config.auth.catalog.clone())
+}
+
+/// What a command prints: text for people, JSON for machines, and a note for stderr.
+pub struct Output {
+    pub text: String,
+    pub json: Value,
+    pub warning: Option<String>,
+}
+
+impl Output {
+    pub fn print(&self, json: bool) {
+        if let Some(w) = &self.warning {
+            eprintln!("{w}");
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json).expect("JSON serializes"));
+        } else {
+            print!("{}", self.text);
+        }
+    }
+}
+
+pub fn orgs(config: &Config, cmd: &OrgsCommand) -> anyhow::Result<Output> {
+    let store = store_of(config);
+    match cmd {
+        OrgsCommand::Create { name } => {
+            let org = store.create_org(name)?;
+            Ok(Output {
+                text: format!("created organization {} ({})\n", org.id, org.name),
+                json: json!({ "id": org.id, "name": org.name }),
+                warning: None,
+            })
+        }
+        OrgsCommand::List => {
+            let orgs = store.list_orgs()?;
+            let mut text = String::new();
+            for o in &orgs {
+                text.push_str(&format!("{}\t{}\t{}\n", o.id, o.name, o.created_at));
+            }
+            if orgs.is_empty() {
+                text.push_str("no organizations yet: scopegate orgs create --name NAME\n");
+            }
+            Ok(Output {
+                text,
+                json: serde_json::to_value(&orgs)?,
+                warning: None,
+            })
+        }
+    }
+}
+
+pub fn keys(config: &Config, cmd: &KeysCommand) -> anyhow::Result<Output> {
+    let store = store_of(config);
+    match cmd {
+        KeysCommand::Create(args) => {
+            let scopes: Vec<String> = match (&args.key_use, &args.scopes) {
+                (Some(u), None) => scopes_for_use(*u).iter().map(|s| s.to_string()).collect(),
+                (None, Some(list)) => list.iter().map(|s| s.trim().to_owned()).collect(),
+                _ => bail!("give either --use or --scopes"),
+            };
+            let algorithm = store::parse_algorithm(&args.algorithm)
+                .with_context(|| format!("unknown algorithm {}", args.algorithm))?;
+            let key = store.create_key(&args.org, &args.name, &scopes, algorithm)?;
+            Ok(Output {
+                text: format!(
+                    "key id:  {}\nsecret:  {}\nscopes:  {}\n",
+                    key.id,
+                    key.secret,
+                    key.scopes.join(" ")
+                ),
+                json: json!({ "id": key.id, "key": key.secret }),
+                warning: Some(
+                    "warning: this is the only time the secret is shown; store it safely now."
+                        .into(),
+                ),
+            })
+        }
+        KeysCommand::List { org } => {
+            let keys = store.list_keys(org.as_deref())?;
+            let mut text = String::new();
+            for k in &keys {
+                text.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    k.id,
+                    k.org,
+                    k.name,
+                    k.scopes.join(" "),
+                    k.created_at
+                ));
+            }
+            Ok(Output {
+                text,
+                json: serde_json::to_value(&keys)?,
+                warning: None,
+            })
+        }
+        KeysCommand::Delete { key } => {
+            let org = store.delete_key(key)?;
+            Ok(Output {
+                text: format!("deleted key {key} of {org}\n"),
+                json: json!({ "id": key, "org": org, "deleted": true }),
+                warning: None,
+            })
+        }
+    }
+}
+
+/// The payload State Backed's token library signs, in its field order.
+#[derive(Debug, Serialize)]
+struct TokenPayload<'a> {
+    act: &'a Map<String, Value>,
+    aud: &'a str,
+    exp: u64,
+    iss: &'a str,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+/// Signs a State Backed-style token: `{"alg","kid"}` header, claims under `act`.
+pub fn sign_token(
+    key_id: &str,
+    secret: &str,
+    algorithm: Algorithm,
+    act: &Map<String, Value>,
+    audience: &str,
+    issuer: Option<&str>,
+    scope: Option<String>,
+    lifetime: Duration,
+    now: u64,
+) -> anyhow::Result<String> {
+    let mut header = Header::new(algorithm);
+    header.typ = None;
+    header.kid = Some(key_id.to_owned());
+    let issuer = issuer
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("https://{key_id}.client.statebacked.dev/"));
+    let payload = TokenPayload {
+        act,
+        aud: audience,
+        exp: now + lifetime.as_secs(),
+        iss: &issuer,
+        iat: now,
+        scope,
+    };
+    Ok(jsonwebtoken::encode(
+        &header,
+        &payload,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+pub fn tokens(config: Option<&Config>, cmd: &TokensCommand) -> anyhow::Result<Output> {
+    let TokensCommand::Generate(args) = cmd;
+    let act: Map<String, Value> = match serde_json::from_str(&args.claims) {
+        Ok(Value::Object(map)) => map,
+        _ => bail!("--claims must be a JSON object, like '{{\"sub\":\"user-1\"}}'"),
+    };
+    let algorithm = match &args.algorithm {
+        Some(name) => store::parse_algorithm(name)
+            .with_context(|| format!("unknown algorithm {name} (HS256, HS384, HS512)"))?,
+        None => config
+            .and_then(|c| store_of(c).find_key(&args.key).ok().flatten())
+            .and_then(|(_, k)| store::parse_algorithm(&k.algorithm))
+            .unwrap_or(Algorithm::HS256),
+    };
+    let audience = args
+        .audience
+        .clone()
+        .or_else(|| config.and_then(|c| c.auth.audiences.first().cloned()))
+        .unwrap_or_else(|| config::raw::DEFAULT_AUDIENCE.to_owned());
+    let scope = args
+        .scope
+        .as_ref()
+        .map(|s| s.split([' ', ',']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "));
+    let token = sign_token(
+        &args.key,
+        &args.secret,
+        algorithm,
+        &act,
+        &audience,
+        args.issuer.as_deref(),
+        scope,
+        args.expires_in,
+        crate::pipeline::now_seconds(),
+    )?;
+    Ok(Output {
+        text: format!("{token}\n"),
+        json: json!({ "token": token, "expires_in": args.expires_in.as_secs() }),
+        warning: None,
+    })
+}
+
+/// `scopegate check`: the config, its key files, and the route table.
+pub fn check(flag: Option<&Path>) -> anyhow::Result<Output> {
+    let (path, config) = load_config(flag)?;
+    let mut problems = Vec::new();
+    let mut orgs = 0;
+    let mut keys = 0;
+    if config.keys.dir.is_dir() {
+        for file in store::org_files(&config.keys.dir)? {
+            let text = std::fs::read_to_string(&file)?;
+            match store::parse_org_file(&file, &text, &config.auth.catalog) {
+                Ok(org) => {
+                    orgs += 1;
+                    keys += org.keys.len();
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+    } else {
+        problems.push(format!(
+            "{}: the key folder does not exist (scopegate orgs create makes it)",
+            config.keys.dir.display()
+        ));
+    }
+    let mut text = format!("{}: ok\n", path.display());
+    text.push_str(&format!(
+        "keys: {} organizations, {} keys in {}\n\n",
+        orgs,
+        keys,
+        config.keys.dir.display()
+    ));
+    let rows: Vec<[String; 4]> = config
+        .routes
+        .routes()
+        .iter()
+        .map(|r| {
+            [
+                r.methods.names().join(","),
+                r.template.to_string(),
+                if r.public {
+                    "(public)".to_owned()
+                } else if r.scopes.is_empty() {
+                    "(any valid token)".to_owned()
+                } else {
+                    r.scopes.joined()
+                },
+                config.upstreams[r.upstream].name.clone(),
+            ]
+        })
+        .collect();
+    let header = ["METHODS", "PATH", "SCOPES", "UPSTREAM"].map(String::from);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .chain(std::iter::once(&header))
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    let json = json!({
+        "config": path,
+        "ok": problems.is_empty(),
+        "problems": problems,
+        "organizations": orgs,
+        "keys": keys,
+        "routes": config.routes.routes().iter().map(|r| json!({
+            "methods": r.methods.names(),
+            "path": &*r.template,
+            "scopes": r.scopes.iter().collect::<Vec<_>>(),
+            "public": r.public,
+            "upstream": config.upstreams[r.upstream].name,
+        })).collect::<Vec<_>>(),
+    });
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(Output {
+        text,
+        json,
+        warning: None,
+    })
+}
