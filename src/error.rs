@@ -57,13 +57,17 @@ pub enum GatewayError {
     MissingToken,
     InvalidToken(TokenFault),
     /// The key (or the token's `scope` claim) lacks these route scopes.
-    MissingScope { missing: String },
+    MissingScope {
+        missing: String,
+    },
     /// `x-statebacked-act` sent by a key that cannot create keys.
     ImpersonationDenied,
     BadActHeader,
     WrongOrg,
     NotFound,
-    MethodNotAllowed { allow: String },
+    MethodNotAllowed {
+        allow: String,
+    },
     BadPath,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -196,10 +200,9 @@ pub fn json_response(status: StatusCode, message: &str, code: &str) -> Response<
     let body = serde_json::json!({ "error": message, "code": code }).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -214,14 +217,38 @@ mod tests {
     fn every_error_has_its_status_and_code() {
         let table: &[(GatewayError, u16, &str)] = &[
             (GatewayError::MissingToken, 401, "missing-token"),
-            (GatewayError::InvalidToken(TokenFault::BadSignature), 401, "invalid-token"),
-            (GatewayError::InvalidToken(TokenFault::Expired), 401, "expired-token"),
-            (GatewayError::InvalidToken(TokenFault::NotYetValid), 401, "expired-token"),
-            (GatewayError::MissingScope { missing: "a".into() }, 403, "missing-scope"),
+            (
+                GatewayError::InvalidToken(TokenFault::BadSignature),
+                401,
+                "invalid-token",
+            ),
+            (
+                GatewayError::InvalidToken(TokenFault::Expired),
+                401,
+                "expired-token",
+            ),
+            (
+                GatewayError::InvalidToken(TokenFault::NotYetValid),
+                401,
+                "expired-token",
+            ),
+            (
+                GatewayError::MissingScope {
+                    missing: "a".into(),
+                },
+                403,
+                "missing-scope",
+            ),
             (GatewayError::ImpersonationDenied, 403, "missing-scope"),
             (GatewayError::WrongOrg, 403, "missing-org"),
             (GatewayError::NotFound, 404, "not-found"),
-            (GatewayError::MethodNotAllowed { allow: "GET".into() }, 405, "method-not-allowed"),
+            (
+                GatewayError::MethodNotAllowed {
+                    allow: "GET".into(),
+                },
+                405,
+                "method-not-allowed",
+            ),
             (GatewayError::BadPath, 400, "bad-request"),
             (GatewayError::BadActHeader, 400, "bad-request"),
             (GatewayError::UpstreamUnavailable, 502, "bad-gateway"),

@@ -24,54 +24,78 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("scopegate_requests_total", "Requests by route template, method, status and decision."),
+            Opts::new(
+                "scopegate_requests_total",
+                "Requests by route template, method, status and decision.",
+            ),
             &["route", "method", "status", "decision"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("scopegate_request_duration_seconds", "Whole-request latency, until the response head is sent.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "scopegate_request_duration_seconds",
+                "Whole-request latency, until the response head is sent.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "decision"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new("scopegate_upstream_duration_seconds", "Time from sending upstream to its response head.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "scopegate_upstream_duration_seconds",
+                "Time from sending upstream to its response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         )
         .expect("valid metric");
         let auth_failures = IntCounterVec::new(
-            Opts::new("scopegate_auth_failures_total", "Refused credentials by reason."),
+            Opts::new(
+                "scopegate_auth_failures_total",
+                "Refused credentials by reason.",
+            ),
             &["reason"],
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
-            Opts::new("scopegate_reloads_total", "Config and key reloads by kind and result."),
+            Opts::new(
+                "scopegate_reloads_total",
+                "Config and key reloads by kind and result.",
+            ),
             &["kind", "result"],
         )
         .expect("valid metric");
-        let keys_loaded = IntGauge::new("scopegate_keys_loaded", "Keys currently accepted.").expect("valid metric");
-        let orgs_loaded = IntGauge::new("scopegate_orgs_loaded", "Organizations currently loaded.").expect("valid metric");
-        let open_connections = IntGauge::new("scopegate_open_connections", "Client connections open now.").expect("valid metric");
+        let keys_loaded = IntGauge::new("scopegate_keys_loaded", "Keys currently accepted.")
+            .expect("valid metric");
+        let orgs_loaded = IntGauge::new("scopegate_orgs_loaded", "Organizations currently loaded.")
+            .expect("valid metric");
+        let open_connections =
+            IntGauge::new("scopegate_open_connections", "Client connections open now.")
+                .expect("valid metric");
         let key_file_errors = IntGauge::new(
             "scopegate_key_files_failing",
             "Key files whose latest version is broken (their last good keys stay in use).",
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(
-            Opts::new("scopegate_build_info", "Always 1; labelled with the version."),
+            Opts::new(
+                "scopegate_build_info",
+                "Always 1; labelled with the version.",
+            ),
             &["version"],
         )
         .expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,

@@ -24,9 +24,19 @@ use crate::scopes::Catalog;
 /// What one reload attempt did.
 #[derive(Debug)]
 pub enum ReloadOutcome<'a> {
-    Applied { kind: &'static str, source: &'a Path },
-    Rejected { kind: &'static str, source: &'a Path, reason: String },
-    Removed { kind: &'static str, source: &'a Path },
+    Applied {
+        kind: &'static str,
+        source: &'a Path,
+    },
+    Rejected {
+        kind: &'static str,
+        source: &'a Path,
+        reason: String,
+    },
+    Removed {
+        kind: &'static str,
+        source: &'a Path,
+    },
 }
 
 impl ReloadOutcome<'_> {
@@ -190,7 +200,11 @@ impl KeyFiles {
 }
 
 /// Loads the keys of a folder once, for startup and `check`.
-pub fn initial_keys(settings: &KeySettings, catalog: &Catalog, metrics: &Metrics) -> (KeyFiles, KeySet) {
+pub fn initial_keys(
+    settings: &KeySettings,
+    catalog: &Catalog,
+    metrics: &Metrics,
+) -> (KeyFiles, KeySet) {
     let mut files = KeyFiles::new(settings.clone(), catalog.clone());
     let set = files.rescan(metrics).unwrap_or_default();
     (files, set)
@@ -204,15 +218,16 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = tx.send(());
-    }) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "file events unavailable; relying on polling");
-            None
-        }
-    };
+    let mut watcher =
+        match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "file events unavailable; relying on polling");
+                None
+            }
+        };
     let mut watched: Vec<PathBuf> = Vec::new();
     let mut config_fingerprint = store::fingerprint(&config_path).ok();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -253,7 +268,9 @@ fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles) {
             if new.server.listen != old.server.listen
                 || new.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
             {
-                tracing::warn!("listen addresses changed in the config; they take effect on restart");
+                tracing::warn!(
+                    "listen addresses changed in the config; they take effect on restart"
+                );
             }
             key_files.reconfigure(&new.keys, &new.auth.catalog);
             let snapshot = Snapshot::build(Arc::new(new), Some(&current));

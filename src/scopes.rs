@@ -57,7 +57,9 @@ pub fn scopes_for_use(key_use: KeyUse) -> &'static [&'static str] {
 }
 
 /// What a key is for; each use grants a fixed group of scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyUse {
     Production,
@@ -184,7 +186,10 @@ mod tests {
         let effective = key.intersect(&token);
         assert_eq!(effective.joined(), "state.read");
         let required = ScopeSet::from_names(["events.write", "state.read"]);
-        assert_eq!(required.missing_from(&effective).collect::<Vec<_>>(), ["events.write"]);
+        assert_eq!(
+            required.missing_from(&effective).collect::<Vec<_>>(),
+            ["events.write"]
+        );
         assert!(required.is_subset_of(&key));
         assert!(!required.is_subset_of(&effective));
     }
@@ -193,7 +198,12 @@ mod tests {
     fn uses_group_the_documented_scopes() {
         assert_eq!(
             scopes_for_use(KeyUse::Production),
-            ["events.write", "state.read", "instances.write", "indexes.read"]
+            [
+                "events.write",
+                "state.read",
+                "instances.write",
+                "indexes.read"
+            ]
         );
         assert_eq!(scopes_for_use(KeyUse::Admin)[1], "org-keys.write");
         assert_eq!(scopes_for_use(KeyUse::Ci).len(), 4);

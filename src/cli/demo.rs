@@ -33,7 +33,11 @@ pub async fn echo_upstream(listener: TcpListener) {
         tokio::spawn(async move {
             let service = service_fn(|req: Request<Incoming>| async move {
                 let (parts, body) = req.into_parts();
-                let size = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                let size = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(0);
                 let headers: BTreeMap<&str, &str> = parts
                     .headers
                     .iter()
@@ -50,8 +54,10 @@ pub async fn echo_upstream(listener: TcpListener) {
                 let mut r = Response::new(Full::new(Bytes::from(
                     serde_json::to_string_pretty(&echo).unwrap_or_default() + "\n",
                 )));
-                r.headers_mut()
-                    .insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    "application/json".parse().unwrap(),
+                );
                 Ok::<_, Infallible>(r)
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -86,7 +92,10 @@ pub fn write_config(
     set(&mut table, "keys", "dir", "keys".to_owned());
     if let Some(toml::Value::Table(ups)) = table.get_mut("upstreams") {
         if let Some(toml::Value::Table(m)) = ups.get_mut("machines") {
-            m.insert("url".into(), toml::Value::String(format!("http://{upstream}")));
+            m.insert(
+                "url".into(),
+                toml::Value::String(format!("http://{upstream}")),
+            );
         }
     }
     let path = dir.join("scopegate.toml");
@@ -105,14 +114,22 @@ pub async fn run() -> anyhow::Result<()> {
     let (listen, admin_addr) = (main.local_addr()?, admin.local_addr()?);
     drop((main, admin));
 
-    let dir = tempfile::Builder::new().prefix("scopegate-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("scopegate-demo-")
+        .tempdir()?;
     let config_path = write_config(dir.path(), listen, admin_addr, upstream_addr)?;
     let config = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::new(&config.keys.dir, config.auth.catalog.clone());
     let org = store.create_org("demo")?;
-    let scopes = |u| scopes_for_use(u).iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let scopes = |u| {
+        scopes_for_use(u)
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
     let alg = jsonwebtoken::Algorithm::HS256;
-    let production = store.create_key(&org.id, "demo production", &scopes(KeyUse::Production), alg)?;
+    let production =
+        store.create_key(&org.id, "demo production", &scopes(KeyUse::Production), alg)?;
     let ci = store.create_key(&org.id, "demo ci", &scopes(KeyUse::Ci), alg)?;
     let audience = config.auth.audiences[0].clone();
 
@@ -121,7 +138,17 @@ pub async fn run() -> anyhow::Result<()> {
     let mut act = Map::new();
     act.insert("sub".into(), "demo-user".into());
     let token = |id: &str, secret: &str| {
-        super::sign_token(id, secret, alg, &act, &audience, None, None, Duration::from_secs(3600), now)
+        super::sign_token(
+            id,
+            secret,
+            alg,
+            &act,
+            &audience,
+            None,
+            None,
+            Duration::from_secs(3600),
+            now,
+        )
     };
     let prod_token = token(&production.id, &production.secret)?;
     let ci_token = token(&ci.id, &ci.secret)?;

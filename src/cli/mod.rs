@@ -113,7 +113,12 @@ pub enum TokensCommand {
 pub struct TokensGenerate {
     #[arg(long, value_name = "sbk_…")]
     pub key: String,
-    #[arg(long, value_name = "sbsec_…", env = "SCOPEGATE_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "sbsec_…",
+        env = "SCOPEGATE_SECRET",
+        hide_env_values = true
+    )]
     pub secret: String,
     /// End-user claims (a JSON object), placed under `act`.
     #[arg(long, default_value = "{}")]
@@ -159,7 +164,10 @@ impl Output {
             eprintln!("{w}");
         }
         if json {
-            println!("{}", serde_json::to_string_pretty(&self.json).expect("JSON serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&self.json).expect("JSON serializes")
+            );
         } else {
             print!("{}", self.text);
         }
@@ -315,10 +323,12 @@ pub fn tokens(config: Option<&Config>, cmd: &TokensCommand) -> anyhow::Result<Ou
         .clone()
         .or_else(|| config.and_then(|c| c.auth.audiences.first().cloned()))
         .unwrap_or_else(|| config::raw::DEFAULT_AUDIENCE.to_owned());
-    let scope = args
-        .scope
-        .as_ref()
-        .map(|s| s.split([' ', ',']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "));
+    let scope = args.scope.as_ref().map(|s| {
+        s.split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
     let token = sign_token(
         &args.key,
         &args.secret,

@@ -110,10 +110,17 @@ impl RouteTable {
                     allow.push("HEAD");
                 }
             }
+            allow.sort_unstable();
             let allow = allow.join(", ");
             let first = list[0];
             router
-                .insert(template.to_string(), Entry { routes: list, allow })
+                .insert(
+                    template.to_string(),
+                    Entry {
+                        routes: list,
+                        allow,
+                    },
+                )
                 .map_err(|e| (first, e.to_string()))?;
         }
         Ok(RouteTable { router, routes })

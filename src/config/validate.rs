@@ -43,7 +43,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     let base = path.parent().unwrap_or(Path::new("."));
 
     let listen = socket_addr(&mut p, &raw.server.listen, "server.listen");
-    let prefix = raw.server.identity_header_prefix.get_ref().to_ascii_lowercase();
+    let prefix = raw
+        .server
+        .identity_header_prefix
+        .get_ref()
+        .to_ascii_lowercase();
     if prefix.len() < 3
         || !prefix.ends_with('-')
         || !prefix
@@ -104,7 +108,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         let r = spanned.get_ref();
         let template = r.path.get_ref();
         if !template.starts_with('/') {
-            p.at(r.path.span(), format!("{field}.path"), "must start with '/'");
+            p.at(
+                r.path.span(),
+                format!("{field}.path"),
+                "must start with '/'",
+            );
         }
         if let Some(bad) = template.chars().find(|c| {
             c.is_ascii_control() || c.is_whitespace() || matches!(c, '?' | '#' | '\\' | '%' | ';')
@@ -171,14 +179,14 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
                 p.at(
                     o.span(),
                     format!("{field}.org_param"),
-                    format!(
-                        "'{}' is not a parameter of path '{template}'",
-                        o.get_ref()
-                    ),
+                    format!("'{}' is not a parameter of path '{template}'", o.get_ref()),
                 );
             }
         }
-        let upstream = match upstreams.iter().position(|u| u.name == *r.upstream.get_ref()) {
+        let upstream = match upstreams
+            .iter()
+            .position(|u| u.name == *r.upstream.get_ref())
+        {
             Some(idx) => idx,
             None => {
                 if !raw.upstreams.contains_key(r.upstream.get_ref()) {
@@ -298,7 +306,11 @@ fn template_params(template: &str) -> Vec<String> {
         let Some(end) = rest[start..].find('}') else {
             break;
         };
-        out.push(rest[start + 1..start + end].trim_start_matches('*').to_owned());
+        out.push(
+            rest[start + 1..start + end]
+                .trim_start_matches('*')
+                .to_owned(),
+        );
         rest = &rest[start + end + 1..];
     }
     out

@@ -209,7 +209,10 @@ pub fn parse_org_file(file: &Path, text: &str, catalog: &Catalog) -> Result<OrgK
     })?;
     let org = &parsed.org;
     if !valid_org_id(&org.id) {
-        return Err(invalid(None, format!("org id {:?} is not a safe id", org.id)));
+        return Err(invalid(
+            None,
+            format!("org id {:?} is not a safe id", org.id),
+        ));
     }
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if stem != org.id {
@@ -224,7 +227,10 @@ pub fn parse_org_file(file: &Path, text: &str, catalog: &Catalog) -> Result<OrgK
         let line = Some(crate::config::line_of(text, spanned.span().start));
         let k = spanned.get_ref();
         if !valid_key_id(&k.id) {
-            return Err(invalid(line, format!("key id {:?} is not a valid sbk_ id", k.id)));
+            return Err(invalid(
+                line,
+                format!("key id {:?} is not a valid sbk_ id", k.id),
+            ));
         }
         if keys.iter().any(|existing| *existing.id == *k.id) {
             return Err(invalid(line, format!("key id '{}' appears twice", k.id)));
@@ -427,10 +433,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let files = org_files(&self.dir).map_err(io(&self.dir))?;
-        files
-            .iter()
-            .map(|p| self.read(p).map(|f| f.org))
-            .collect()
+        files.iter().map(|p| self.read(p).map(|f| f.org)).collect()
     }
 
     /// Creates a key in `org` and returns it, secret included: the only time it is shown.
@@ -443,7 +446,9 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         valid_name(name).map_err(StoreError::BadInput)?;
         if scopes.is_empty() {
-            return Err(StoreError::BadInput("a key needs at least one scope".into()));
+            return Err(StoreError::BadInput(
+                "a key needs at least one scope".into(),
+            ));
         }
         if let Some(bad) = scopes.iter().find(|s| !self.catalog.contains(s)) {
             return Err(StoreError::BadInput(format!("unknown scope '{bad}'")));
@@ -468,7 +473,10 @@ impl Store {
             id: new_key_id(),
             name: name.to_owned(),
             secret: new_secret(),
-            scopes: ScopeSet::from_names(scopes).iter().map(str::to_owned).collect(),
+            scopes: ScopeSet::from_names(scopes)
+                .iter()
+                .map(str::to_owned)
+                .collect(),
             algorithm: alg_name.to_owned(),
             created_at: now_rfc3339(),
         };
@@ -635,6 +643,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("shorter"), "{err}");
-        assert!(!err.contains("short\""), "the secret must not be echoed: {err}");
+        assert!(
+            !err.contains("short\""),
+            "the secret must not be echoed: {err}"
+        );
     }
 }

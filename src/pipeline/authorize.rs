@@ -64,7 +64,11 @@ pub fn authorize(
         }
     }
 
-    let narrowed = verified.claims.scope.as_ref().map(|s| key.scopes.intersect(s));
+    let narrowed = verified
+        .claims
+        .scope
+        .as_ref()
+        .map(|s| key.scopes.intersect(s));
     let effective: &ScopeSet = narrowed.as_ref().unwrap_or(&key.scopes);
     let missing: Vec<&str> = route.scopes.missing_from(effective).collect();
     if !missing.is_empty() {

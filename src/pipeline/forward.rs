@@ -58,8 +58,12 @@ impl Upstream {
     }
 
     /// Sends the request; the response head must arrive within the response timeout.
-    pub async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.settings.response_timeout, self.client.request(request)).await
+    pub async fn send(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.settings.response_timeout, self.client.request(request))
+            .await
         {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -218,7 +222,9 @@ pub fn upstream_uri(
     path: &str,
     query: Option<&str>,
 ) -> Result<Uri, GatewayError> {
-    let mut pq = String::with_capacity(settings.path_prefix.len() + path.len() + 1 + query.map_or(0, str::len));
+    let mut pq = String::with_capacity(
+        settings.path_prefix.len() + path.len() + 1 + query.map_or(0, str::len),
+    );
     pq.push_str(&settings.path_prefix);
     pq.push_str(path);
     if let Some(q) = query {
@@ -257,18 +263,32 @@ mod tests {
     #[test]
     fn identity_names_match_every_spelling() {
         let names = IdentityNames::new("x-scopegate-");
-        for n in ["x-scopegate-org", "x_scopegate_org", "x-scopegate_sub", "x_scopegate-anything"] {
-            assert!(names.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+        for n in [
+            "x-scopegate-org",
+            "x_scopegate_org",
+            "x-scopegate_sub",
+            "x_scopegate-anything",
+        ] {
+            assert!(
+                names.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
         }
         for n in ["x-scopegat", "x-scopegateorg", "scopegate-org"] {
-            assert!(!names.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+            assert!(
+                !names.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
         }
     }
 
     #[test]
     fn connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret ,keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret ,keep-alive"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));

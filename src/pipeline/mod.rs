@@ -153,16 +153,12 @@ pub async fn handle(
         Err(e) => (e.into_response().map(Body::Right), Some(e), None),
         Ok(decision) => {
             let route = decision.route;
-            let host = parts
-                .headers
-                .get(http::header::HOST)
-                .cloned()
-                .or_else(|| {
-                    parts
-                        .uri
-                        .authority()
-                        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-                });
+            let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
             forward::prepare_headers(
                 &mut parts.headers,
                 &decision.permit,

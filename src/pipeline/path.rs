@@ -36,7 +36,18 @@ fn is_allowed_raw(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@' | b'/'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
         )
 }
 
@@ -77,7 +88,11 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
                 if is_unreserved(v) {
                     buf.push(v);
                 } else {
-                    buf.extend_from_slice(&[b'%', HEX_UPPER[(v >> 4) as usize], HEX_UPPER[(v & 15) as usize]]);
+                    buf.extend_from_slice(&[
+                        b'%',
+                        HEX_UPPER[(v >> 4) as usize],
+                        HEX_UPPER[(v & 15) as usize],
+                    ]);
                 }
             }
             continue;
@@ -193,7 +208,13 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/machines", "/machines/m-1/i/i_2/events", "/a/", "/a:b@c!$&'()*+,="] {
+        for p in [
+            "/",
+            "/machines",
+            "/machines/m-1/i/i_2/events",
+            "/a/",
+            "/a:b@c!$&'()*+,=",
+        ] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
@@ -214,10 +235,38 @@ mod tests {
     #[test]
     fn ambiguous_paths_are_refused() {
         for p in [
-            "", "machines", "/.", "/..", "/a/../b", "/a/./b", "/a/%2e%2e/b", "/a/%2E/b", "/a/.%2e",
-            "/a//b", "//a", "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a;b", "/a%00b", "/a%0ab",
-            "/a%zz", "/a%4", "/a%", "/%c0%af", "/%e0%80%af", "/%ff", "/a b", "/a\"b", "/a{b}",
-            "/a|b", "/a^b", "/a`b", "/a\u{7f}", "/\u{e9}",
+            "",
+            "machines",
+            "/.",
+            "/..",
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2e/b",
+            "/a/%2E/b",
+            "/a/.%2e",
+            "/a//b",
+            "//a",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a;b",
+            "/a%00b",
+            "/a%0ab",
+            "/a%zz",
+            "/a%4",
+            "/a%",
+            "/%c0%af",
+            "/%e0%80%af",
+            "/%ff",
+            "/a b",
+            "/a\"b",
+            "/a{b}",
+            "/a|b",
+            "/a^b",
+            "/a`b",
+            "/a\u{7f}",
+            "/\u{e9}",
         ] {
             assert_eq!(normalize(p), Err(AmbiguousPath), "{p:?}");
         }

@@ -88,12 +88,18 @@ mod tests {
 
     #[test]
     fn missing_and_other_schemes() {
-        assert_eq!(find(&headers(&[]), Ok(None)), Err(GatewayError::MissingToken));
+        assert_eq!(
+            find(&headers(&[]), Ok(None)),
+            Err(GatewayError::MissingToken)
+        );
         assert_eq!(
             find(&headers(&["Basic dXNlcjpwYXNz"]), Ok(None)),
             Err(GatewayError::MissingToken)
         );
-        assert_eq!(find(&headers(&["Bearer "]), Ok(None)), Err(GatewayError::MissingToken));
+        assert_eq!(
+            find(&headers(&["Bearer "]), Ok(None)),
+            Err(GatewayError::MissingToken)
+        );
     }
 
     #[test]

@@ -1,0 +1,6 @@
+//! scopegate's integration tests: one binary, real sockets on 127.0.0.1, a recording upstream.
+
+mod support;
+
+mod errors;
+mod identity;
