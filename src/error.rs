@@ -197,7 +197,16 @@ impl GatewayError {
 
 /// `{"error": message, "code": code}` with JSON content type; used by every refusal.
 pub fn json_response(status: StatusCode, message: &str, code: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": message, "code": code }).to_string();
+    #[derive(serde::Serialize)]
+    struct ErrorBody<'a> {
+        error: &'a str,
+        code: &'a str,
+    }
+    let body = serde_json::to_string(&ErrorBody {
+        error: message,
+        code,
+    })
+    .expect("error bodies serialize");
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response

@@ -137,18 +137,18 @@ pub async fn run() -> anyhow::Result<()> {
     let now = crate::pipeline::now_seconds();
     let mut act = Map::new();
     act.insert("sub".into(), "demo-user".into());
-    let token = |id: &str, secret: &str| {
-        super::sign_token(
-            id,
-            secret,
-            alg,
-            &act,
-            &audience,
-            None,
-            None,
-            Duration::from_secs(3600),
+    let token = |key_id: &str, secret: &str| {
+        let spec = super::TokenSpec {
+            key_id,
+            algorithm: alg,
+            act: &act,
+            audience: &audience,
+            issuer: None,
+            scope: None,
+            lifetime: Duration::from_secs(3600),
             now,
-        )
+        };
+        super::sign_token(&spec, secret)
     };
     let prod_token = token(&production.id, &production.secret)?;
     let ci_token = token(&ci.id, &ci.secret)?;

@@ -271,31 +271,38 @@ struct TokenPayload<'a> {
     scope: Option<String>,
 }
 
-/// Signs a State Backed-style token: `{"alg","kid"}` header, claims under `act`.
-pub fn sign_token(
-    key_id: &str,
-    secret: &str,
-    algorithm: Algorithm,
-    act: &Map<String, Value>,
-    audience: &str,
-    issuer: Option<&str>,
-    scope: Option<String>,
-    lifetime: Duration,
-    now: u64,
-) -> anyhow::Result<String> {
-    let mut header = Header::new(algorithm);
+/// What to sign: State Backed's token shape, with the knobs `tokens generate` offers.
+#[derive(Debug, Clone)]
+pub struct TokenSpec<'a> {
+    pub key_id: &'a str,
+    pub algorithm: Algorithm,
+    pub act: &'a Map<String, Value>,
+    pub audience: &'a str,
+    /// Defaults to `https://<key id>.client.statebacked.dev/`, as State Backed's library does.
+    pub issuer: Option<&'a str>,
+    pub scope: Option<String>,
+    pub lifetime: Duration,
+    /// Seconds since the epoch.
+    pub now: u64,
+}
+
+/// Signs a State Backed-style token: `{"alg","kid"}` header, claims under `act`, the
+/// secret's UTF-8 bytes as the HMAC key.
+pub fn sign_token(spec: &TokenSpec<'_>, secret: &str) -> anyhow::Result<String> {
+    let mut header = Header::new(spec.algorithm);
     header.typ = None;
-    header.kid = Some(key_id.to_owned());
-    let issuer = issuer
+    header.kid = Some(spec.key_id.to_owned());
+    let issuer = spec
+        .issuer
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("https://{key_id}.client.statebacked.dev/"));
+        .unwrap_or_else(|| format!("https://{}.client.statebacked.dev/", spec.key_id));
     let payload = TokenPayload {
-        act,
-        aud: audience,
-        exp: now + lifetime.as_secs(),
+        act: spec.act,
+        aud: spec.audience,
+        exp: spec.now + spec.lifetime.as_secs(),
         iss: &issuer,
-        iat: now,
-        scope,
+        iat: spec.now,
+        scope: spec.scope.clone(),
     };
     Ok(jsonwebtoken::encode(
         &header,
@@ -330,15 +337,17 @@ pub fn tokens(config: Option<&Config>, cmd: &TokensCommand) -> anyhow::Result<Ou
             .join(" ")
     });
     let token = sign_token(
-        &args.key,
+        &TokenSpec {
+            key_id: &args.key,
+            algorithm,
+            act: &act,
+            audience: &audience,
+            issuer: args.issuer.as_deref(),
+            scope,
+            lifetime: args.expires_in,
+            now: crate::pipeline::now_seconds(),
+        },
         &args.secret,
-        algorithm,
-        &act,
-        &audience,
-        args.issuer.as_deref(),
-        scope,
-        args.expires_in,
-        crate::pipeline::now_seconds(),
     )?;
     Ok(Output {
         text: format!("{token}\n"),

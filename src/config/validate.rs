@@ -17,6 +17,9 @@ use super::{
 };
 use crate::scopes::{Catalog, ScopeSet};
 
+/// Clock skew beyond a day is a misconfiguration, not skew.
+const MAX_LEEWAY_SECONDS: u64 = 86_400;
+
 /// Collects problems so one `check` run reports all of them.
 struct Problems<'t> {
     text: &'t str,
@@ -86,6 +89,13 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             0..0,
             "auth.audiences",
             "at least one audience is required: tokens without a matching `aud` are refused",
+        );
+    }
+    if raw.auth.leeway_seconds > MAX_LEEWAY_SECONDS {
+        p.at(
+            0..0,
+            "auth.leeway_seconds",
+            format!("must be at most {MAX_LEEWAY_SECONDS} (one day)"),
         );
     }
     if raw.auth.max_token_bytes < 64 {

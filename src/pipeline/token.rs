@@ -34,16 +34,13 @@ pub fn find<'a>(
             let value = value
                 .to_str()
                 .map_err(|_| GatewayError::InvalidToken(TokenFault::Malformed))?;
-            match bearer(value) {
-                Some(token) => Some(token),
-                // Another scheme (Basic, …) carries no bearer token.
-                None => None,
-            }
+            // Another scheme (Basic, …) carries no bearer token.
+            bearer(value)
         }
     };
     match (from_header, query) {
         (Some(_), Some(_)) => Err(GatewayError::InvalidToken(TokenFault::Ambiguous)),
-        (Some(t), None) if t.is_empty() => Err(GatewayError::MissingToken),
+        (Some(""), None) => Err(GatewayError::MissingToken),
         (Some(t), None) => Ok(FoundToken {
             token: Cow::Borrowed(t),
             from_query: false,
@@ -112,7 +109,8 @@ mod tests {
 
     #[test]
     fn query_token() {
-        let found = find(&headers(&[]), Ok(Some("abc".into()))).unwrap();
+        let h = headers(&[]);
+        let found = find(&h, Ok(Some("abc".into()))).unwrap();
         assert!(found.from_query);
         assert_eq!(found.token, "abc");
     }
