@@ -149,6 +149,9 @@ pub fn prepare_headers(
     }
     headers.remove(ACT_HEADER);
     headers.remove(header::HOST);
+    // The gateway answers `100-continue` itself when it starts reading the body; the upstream
+    // just receives the body.
+    headers.remove(header::EXPECT);
 
     let peer = HeaderValue::from_str(&client.peer.ip().to_string()).expect("IPs are header-safe");
     let forwarded_for = match headers.get(X_FORWARDED_FOR) {

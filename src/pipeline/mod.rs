@@ -219,3 +219,132 @@ pub async fn handle(
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decision without a socket: config text + key file text → `decide`.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use http::{HeaderValue, Method};
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+    use crate::keys::store::parse_org_file;
+
+    const SECRET: &str = "sbsec_0123456789abcdef0123456789abcdef0123456";
+
+    fn setup() -> (Snapshot, KeySet) {
+        let config = crate::config::parse(
+            Path::new("/etc/scopegate/scopegate.toml"),
+            r#"
+            [upstreams.up]
+            url = "http://127.0.0.1:9/base"
+            [[routes]]
+            methods = ["GET"]
+            path = "/machines/{machine}"
+            scopes = ["machines.read"]
+            upstream = "up"
+            [[routes]]
+            methods = ["GET"]
+            path = "/rt"
+            scopes = ["state.read"]
+            upstream = "up"
+            token_query_param = "token"
+            "#,
+        )
+        .unwrap();
+        let org = parse_org_file(
+            Path::new("/k/org_a.toml"),
+            &format!(
+                "[org]\nid = \"org_a\"\nname = \"A\"\ncreated_at = \"x\"\n[[keys]]\nid = \"sbk_a\"\nname = \"k\"\nsecret = \"{SECRET}\"\nscopes = [\"machines.read\", \"state.read\"]\ncreated_at = \"x\"\n"
+            ),
+            &config.auth.catalog,
+        )
+        .unwrap();
+        let (keys, _) = KeySet::build([&org]);
+        (Snapshot::build(Arc::new(config), None), keys)
+    }
+
+    fn token(claims: Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("sbk_a".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> Value {
+        let now = now_seconds();
+        json!({"act": {"sub": "u"}, "aud": "https://api.statebacked.dev/", "iat": now, "exp": now + 60})
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn allowed_request_gets_a_permit_and_the_upstream_url() {
+        let (snap, keys) = setup();
+        let uri: Uri = "/machines/m%31?x=1".parse().unwrap();
+        let out = decide(&snap, &keys, &Method::GET, &uri, &bearer(&token(claims())), now_seconds());
+        let decision = out.result.unwrap();
+        assert_eq!(&*decision.route.template, "/machines/{machine}");
+        assert_eq!(decision.upstream_uri, "http://127.0.0.1:9/base/machines/m1?x=1");
+        let id = decision.permit.identity.unwrap();
+        assert_eq!(&*id.key.org, "org_a");
+        assert_eq!(id.scopes, "machines.read state.read");
+        let claims = URL_SAFE_NO_PAD.decode(id.claims.unwrap().as_bytes()).unwrap();
+        let claims: Map<String, Value> = serde_json::from_slice(&claims).unwrap();
+        assert_eq!(claims["sub"], "u");
+    }
+
+    #[test]
+    fn query_token_is_removed_from_the_upstream_url() {
+        let (snap, keys) = setup();
+        let t = token(claims());
+        let uri: Uri = format!("/rt?a=1&token={t}").parse().unwrap();
+        let out = decide(&snap, &keys, &Method::GET, &uri, &HeaderMap::new(), now_seconds());
+        assert_eq!(out.result.unwrap().upstream_uri, "http://127.0.0.1:9/base/rt?a=1");
+    }
+
+    #[test]
+    fn refusals_keep_the_matched_route_for_metrics() {
+        let (snap, keys) = setup();
+        let mut c = claims();
+        c["scope"] = json!("state.read");
+        let uri: Uri = "/machines/m1".parse().unwrap();
+        let out = decide(&snap, &keys, &Method::GET, &uri, &bearer(&token(c)), now_seconds());
+        assert_eq!(out.route.map(|r| &*r.template), Some("/machines/{machine}"));
+        assert_eq!(
+            out.result.unwrap_err(),
+            GatewayError::MissingScope {
+                missing: "machines.read".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_clock_passed_in_decides_iat() {
+        let (snap, keys) = setup();
+        let uri: Uri = "/machines/m1".parse().unwrap();
+        let t = token(claims());
+        let an_hour_ago = now_seconds() - 3600;
+        let out = decide(&snap, &keys, &Method::GET, &uri, &bearer(&t), an_hour_ago);
+        assert_eq!(
+            out.result.unwrap_err(),
+            GatewayError::InvalidToken(crate::error::TokenFault::IssuedInFuture)
+        );
+    }
+}
