@@ -53,8 +53,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tokens(cmd) => {
-            // Signing needs no config; use it for defaults when there is one.
-            let config = cli::load_config(flag).ok().map(|(_, c)| c);
+            // Signing needs no config; when there is one it supplies defaults (the audience),
+            // so a broken one is an error rather than a token the gateway will refuse.
+            let path = scopegate::config::config_path(flag);
+            let config = if path.exists() {
+                Some(cli::load_config(flag)?.1)
+            } else {
+                None
+            };
             cli::tokens(config.as_ref(), cmd)?.print(cli.json);
             Ok(())
         }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, KeySettings};
@@ -219,8 +220,10 @@ pub async fn run(
 ) {
     let (tx, mut events) = mpsc::unbounded_channel::<()>();
     let mut watcher =
-        match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = tx.send(());
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.as_ref().map_or(true, |e| changes_files(&e.kind)) {
+                let _ = tx.send(());
+            }
         }) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -234,19 +237,24 @@ pub async fn run(
 
     loop {
         let poll = gateway.snapshot.load().config.keys.poll_interval;
-        rewatch(&mut watcher, &mut watched, &config_path, key_files.dir());
+        // Changes made before a watch began sent no event: look once right away after
+        // (re)watching (at startup, the task may begin well after the first key load).
+        let watching_anew = rewatch(&mut watcher, &mut watched, &config_path, key_files.dir());
         let mut forced = false;
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = events.recv() => {
-                // Let a burst of events (write + rename + chmod) settle, then rescan once.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                while events.try_recv().is_ok() {}
-            }
-            _ = tokio::time::sleep(poll) => {}
-            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                tracing::info!("SIGHUP: reloading the config");
-                forced = true;
+        if !watching_anew {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                // `None` (no watcher) disables this branch instead of spinning on it.
+                Some(()) = events.recv() => {
+                    // Let a burst of events (write + rename + chmod) settle, then rescan once.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(poll) => {}
+                Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    forced = true;
+                }
             }
         }
         let fingerprint = store::fingerprint(&config_path).ok();
@@ -257,6 +265,17 @@ pub async fn run(
         if let Some(set) = key_files.rescan(&gateway.metrics) {
             gateway.replace_keys(set);
         }
+    }
+}
+
+/// Whether an event can mean changed content. Opens and reads are events too (inotify
+/// `IN_OPEN`), and every rescan opens the watched folders: reacting to them would wake the
+/// reloader again at once, forever.
+fn changes_files(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -290,20 +309,23 @@ fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles) {
     }
 }
 
+/// Watches the config's folder and the key folder; returns whether that set changed.
 fn rewatch(
     watcher: &mut Option<notify::RecommendedWatcher>,
     watched: &mut Vec<PathBuf>,
     config_path: &Path,
     keys_dir: &Path,
-) {
-    let Some(w) = watcher.as_mut() else { return };
+) -> bool {
+    let Some(w) = watcher.as_mut() else {
+        return false;
+    };
     let config_dir = match config_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
     let wanted = [config_dir, keys_dir.to_owned()];
     if watched.as_slice() == wanted.as_slice() {
-        return;
+        return false;
     }
     for p in watched.drain(..) {
         let _ = w.unwatch(&p);
@@ -314,4 +336,5 @@ fn rewatch(
         }
     }
     *watched = wanted.to_vec();
+    true
 }

@@ -104,6 +104,13 @@ pub fn write_config(
 }
 
 pub async fn run() -> anyhow::Result<()> {
+    // Handle Ctrl-C and SIGTERM from the very start: a signal that arrived before the handlers
+    // existed would kill the process with its default action and leave the temporary keys
+    // behind (the curls below are printed before the wait begins).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream_listener.local_addr()?;
     tokio::spawn(echo_upstream(upstream_listener));
@@ -182,7 +189,10 @@ Press Ctrl-C to stop (the temporary keys are deleted)."#,
         ci_id = ci.id,
         keys = dir.path().join("keys").display(),
     );
-    crate::server::termination().await;
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
     running.shutdown().await;
     drop(dir);
     Ok(())

@@ -224,8 +224,7 @@ pub fn keys(config: &Config, cmd: &KeysCommand) -> anyhow::Result<Output> {
                 ),
                 json: json!({ "id": key.id, "key": key.secret }),
                 warning: Some(
-                    "warning: this is the only time the secret is shown; store it safely now."
-                        .into(),
+                    "warning: this secret will never be shown again; store it safely now.".into(),
                 ),
             })
         }
@@ -360,25 +359,42 @@ pub fn tokens(config: Option<&Config>, cmd: &TokensCommand) -> anyhow::Result<Ou
 pub fn check(flag: Option<&Path>) -> anyhow::Result<Output> {
     let (path, config) = load_config(flag)?;
     let mut problems = Vec::new();
-    let mut orgs = 0;
-    let mut keys = 0;
+    let mut warning = None;
+    let mut loaded = Vec::new();
     if config.keys.dir.is_dir() {
-        for file in store::org_files(&config.keys.dir)? {
-            let text = std::fs::read_to_string(&file)?;
-            match store::parse_org_file(&file, &text, &config.auth.catalog) {
-                Ok(org) => {
-                    orgs += 1;
-                    keys += org.keys.len();
+        let files = store::org_files(&config.keys.dir)
+            .with_context(|| format!("reading the key folder {}", config.keys.dir.display()))?;
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", file.display()));
+                    continue;
                 }
+            };
+            match store::parse_org_file(&file, &text, &config.auth.catalog) {
+                Ok(org) => loaded.push(org),
                 Err(e) => problems.push(e.to_string()),
             }
         }
     } else {
-        problems.push(format!(
-            "{}: the key folder does not exist (scopegate orgs create makes it)",
+        // Not an error: `serve` creates the folder, and a config can be checked before any
+        // organization exists (`scopegate check --config config/statebacked.toml`).
+        warning = Some(format!(
+            "warning: {}: the key folder does not exist yet (scopegate orgs create makes it)",
             config.keys.dir.display()
         ));
     }
+    // The gateway refuses a key id that two organizations claim: so does `check`.
+    let (_, clashes) = crate::keys::KeySet::build(&loaded);
+    for id in clashes {
+        problems.push(format!(
+            "{}: key id '{id}' appears in more than one organization; the gateway accepts it for none",
+            config.keys.dir.display()
+        ));
+    }
+    let orgs = loaded.len();
+    let keys: usize = loaded.iter().map(|o| o.keys.len()).sum();
     let mut text = format!("{}: ok\n", path.display());
     text.push_str(&format!(
         "keys: {} organizations, {} keys in {}\n\n",
@@ -449,6 +465,6 @@ pub fn check(flag: Option<&Path>) -> anyhow::Result<Output> {
     Ok(Output {
         text,
         json,
-        warning: None,
+        warning,
     })
 }

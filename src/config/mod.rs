@@ -7,6 +7,9 @@ pub mod raw;
 mod routes;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -78,7 +78,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields, default)]
 pub struct RawKeys {
     /// Folder of per-organization key files, relative to the config file's folder.
-    pub dir: String,
+    pub dir: Spanned<String>,
     /// How often the folder is rescanned even when no file event arrives.
     pub poll_interval_ms: u64,
 }
@@ -86,7 +86,7 @@ pub struct RawKeys {
 impl Default for RawKeys {
     fn default() -> Self {
         RawKeys {
-            dir: DEFAULT_KEYS_DIR.to_owned(),
+            dir: Spanned::new(0..0, DEFAULT_KEYS_DIR.to_owned()),
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
         }
     }
@@ -96,11 +96,11 @@ impl Default for RawKeys {
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     /// A token passes if its `aud` (string or array) names at least one of these.
-    pub audiences: Vec<String>,
-    pub leeway_seconds: u64,
+    pub audiences: Spanned<Vec<String>>,
+    pub leeway_seconds: Spanned<u64>,
     /// Refuse tokens without `exp`. Turning this off lets a leaked token live forever.
     pub require_exp: bool,
-    pub max_token_bytes: usize,
+    pub max_token_bytes: Spanned<usize>,
     /// Scope names this deployment adds to State Backed's catalogue.
     pub extra_scopes: Vec<Spanned<String>>,
 }
@@ -108,10 +108,10 @@ pub struct RawAuth {
 impl Default for RawAuth {
     fn default() -> Self {
         RawAuth {
-            audiences: vec![DEFAULT_AUDIENCE.to_owned()],
-            leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            audiences: Spanned::new(0..0, vec![DEFAULT_AUDIENCE.to_owned()]),
+            leeway_seconds: Spanned::new(0..0, DEFAULT_LEEWAY_SECONDS),
             require_exp: true,
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_token_bytes: Spanned::new(0..0, DEFAULT_MAX_TOKEN_BYTES),
             extra_scopes: Vec::new(),
         }
     }
@@ -149,7 +149,7 @@ fn default_pool_max_idle() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// HTTP methods, or `["*"]` for any. A route allowing GET also answers HEAD.
-    pub methods: Vec<Spanned<String>>,
+    pub methods: Spanned<Vec<Spanned<String>>>,
     /// A matchit template: `/machines/{machine}`, `/orgs/{org}/members/{*rest}`.
     pub path: Spanned<String>,
     /// Every scope here must be held by the key (and the token's `scope` claim, if any).

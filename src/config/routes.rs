@@ -27,10 +27,14 @@ impl Methods {
         }
     }
 
+    /// Whether a request could match both: shared methods, or a GET on one side (which
+    /// answers HEAD) and an explicit HEAD on the other.
     pub fn overlaps(&self, other: &Methods) -> bool {
         match (self, other) {
             (Methods::Any, _) | (_, Methods::Any) => true,
-            (Methods::List(a), Methods::List(b)) => a.iter().any(|m| b.contains(m)),
+            (Methods::List(a), Methods::List(b)) => {
+                a.iter().any(|m| other.allows(m)) || b.iter().any(|m| self.allows(m))
+            }
         }
     }
 
@@ -89,8 +93,10 @@ pub enum Lookup<'a> {
 
 impl RouteTable {
     /// Builds the table; routes must already be checked for method overlaps on equal templates.
-    pub(crate) fn build(routes: Vec<Route>) -> Result<Self, (usize, String)> {
+    /// Every template matchit refuses is reported, as (index of the route, message).
+    pub(crate) fn build(routes: Vec<Route>) -> Result<Self, Vec<(usize, String)>> {
         let mut router = matchit::Router::new();
+        let mut errors = Vec::new();
         let mut by_template: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             match by_template.iter_mut().find(|(t, _)| *t == r.template) {
@@ -113,15 +119,18 @@ impl RouteTable {
             allow.sort_unstable();
             let allow = allow.join(", ");
             let first = list[0];
-            router
-                .insert(
-                    template.to_string(),
-                    Entry {
-                        routes: list,
-                        allow,
-                    },
-                )
-                .map_err(|e| (first, e.to_string()))?;
+            if let Err(e) = router.insert(
+                template.to_string(),
+                Entry {
+                    routes: list,
+                    allow,
+                },
+            ) {
+                errors.push((first, e.to_string()));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(RouteTable { router, routes })
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,30 @@ use super::{
     ServerSettings, UpstreamSettings,
 };
 use crate::scopes::{Catalog, ScopeSet};
+
+/// Headers that requests or the gateway itself depend on. Every inbound header that starts
+/// with the identity prefix is dropped, so the prefix must not cover any of these.
+const HEADERS_THE_GATEWAY_NEEDS: &[&str] = &[
+    "accept",
+    "authorization",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "sec-websocket-key",
+    "sec-websocket-protocol",
+    "sec-websocket-version",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-statebacked-act",
+    "x-statebacked-org-id",
+];
 
 /// Clock skew beyond a day is a misconfiguration, not skew.
 const MAX_LEEWAY_SECONDS: u64 = 86_400;
@@ -62,6 +86,19 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             "server.identity_header_prefix",
             "must be at least 3 characters of letters, digits and '-', ending with '-'",
         );
+    } else if let Some(taken) = HEADERS_THE_GATEWAY_NEEDS
+        .iter()
+        .find(|h| h.starts_with(prefix.as_str()))
+    {
+        // Inbound headers with the prefix are dropped: this one would never arrive.
+        p.at(
+            raw.server.identity_header_prefix.span(),
+            "server.identity_header_prefix",
+            format!(
+                "'{prefix}' would drop the client's '{taken}' header; choose a prefix of \
+                 your own, like x-scopegate-"
+            ),
+        );
     }
     let admin = raw
         .admin
@@ -84,22 +121,51 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         catalog_extra.push(s.get_ref().as_str());
     }
     let catalog = Catalog::new(catalog_extra);
-    if raw.auth.audiences.is_empty() {
+    if raw.auth.audiences.get_ref().is_empty() {
         p.at(
-            0..0,
+            raw.auth.audiences.span(),
             "auth.audiences",
             "at least one audience is required: tokens without a matching `aud` are refused",
         );
     }
-    if raw.auth.leeway_seconds > MAX_LEEWAY_SECONDS {
+    if raw
+        .auth
+        .audiences
+        .get_ref()
+        .iter()
+        .any(|a| a.trim().is_empty())
+    {
         p.at(
-            0..0,
+            raw.auth.audiences.span(),
+            "auth.audiences",
+            "an audience must not be empty",
+        );
+    }
+    if *raw.auth.leeway_seconds.get_ref() > MAX_LEEWAY_SECONDS {
+        p.at(
+            raw.auth.leeway_seconds.span(),
             "auth.leeway_seconds",
             format!("must be at most {MAX_LEEWAY_SECONDS} (one day)"),
         );
     }
-    if raw.auth.max_token_bytes < 64 {
-        p.at(0..0, "auth.max_token_bytes", "must be at least 64");
+    if *raw.auth.max_token_bytes.get_ref() < 64 {
+        p.at(
+            raw.auth.max_token_bytes.span(),
+            "auth.max_token_bytes",
+            "must be at least 64",
+        );
+    }
+    let keys_dir = base.join(raw.keys.dir.get_ref());
+    if lexical(&keys_dir) == lexical(base) {
+        p.at(
+            raw.keys.dir.span(),
+            "keys.dir",
+            format!(
+                "'{}' is the config file's own folder, so the config would be read as a key \
+                 file; use a folder of its own, like \"keys\"",
+                raw.keys.dir.get_ref()
+            ),
+        );
     }
 
     let mut upstreams = Vec::new();
@@ -112,6 +178,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     }
 
     let mut routes = Vec::new();
+    let mut path_ok = Vec::new();
     for (i, spanned) in raw.routes.iter().enumerate() {
         let field = format!("routes[{i}]");
         let line = line_of(text, spanned.span().start);
@@ -124,15 +191,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
                 "must start with '/'",
             );
         }
-        if let Some(bad) = template.chars().find(|c| {
-            c.is_ascii_control() || c.is_whitespace() || matches!(c, '?' | '#' | '\\' | '%' | ';')
-        }) {
-            p.at(
-                r.path.span(),
-                format!("{field}.path"),
-                format!("contains {bad:?}, which never appears in a normalized path"),
-            );
+        let path_problem = template_problem(template);
+        if let Some(message) = &path_problem {
+            p.at(r.path.span(), format!("{field}.path"), message);
         }
+        path_ok.push(template.starts_with('/') && path_problem.is_none());
         let params = template_params(template);
         let methods = methods(&mut p, &field, &r.methods);
         let mut scopes = Vec::new();
@@ -242,20 +305,39 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         }
     }
 
-    if !p.list.is_empty() {
-        return Err(ConfigError {
-            file: path.to_owned(),
-            problems: p.list,
-        });
-    }
-    let routes = RouteTable::build(routes).map_err(|(i, message)| ConfigError {
-        file: path.to_owned(),
-        problems: vec![Problem {
-            line: Some(line_of(text, raw.routes[i].span().start)),
-            field: format!("routes[{i}].path"),
-            message,
-        }],
-    })?;
+    // matchit's own refusals (`/a/{x}` next to `/a/{y}`, malformed parameters) are found by
+    // building the table, from the routes whose paths passed the checks above, so that they
+    // are reported together with every other problem.
+    let (index, kept): (Vec<usize>, Vec<Route>) = routes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| path_ok[*i])
+        .unzip();
+    let table = match RouteTable::build(kept) {
+        Ok(table) => Some(table),
+        Err(errors) => {
+            for (j, message) in errors {
+                let i = index[j];
+                p.at(
+                    raw.routes[i].get_ref().path.span(),
+                    format!("routes[{i}].path"),
+                    message,
+                );
+            }
+            None
+        }
+    };
+    let routes = match table {
+        Some(table) if p.list.is_empty() => table,
+        _ => {
+            // In file order, as an editor would walk them; problems without a line first.
+            p.list.sort_by_key(|problem| problem.line);
+            return Err(ConfigError {
+                file: path.to_owned(),
+                problems: p.list,
+            });
+        }
+    };
 
     Ok(Config {
         source: path.to_owned(),
@@ -268,14 +350,14 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         },
         admin,
         keys: KeySettings {
-            dir: base.join(&raw.keys.dir),
+            dir: keys_dir,
             poll_interval: Duration::from_millis(raw.keys.poll_interval_ms.clamp(10, 60_000)),
         },
         auth: AuthSettings {
-            audiences: raw.auth.audiences,
-            leeway_seconds: raw.auth.leeway_seconds,
+            audiences: raw.auth.audiences.into_inner(),
+            leeway_seconds: raw.auth.leeway_seconds.into_inner(),
             require_exp: raw.auth.require_exp,
-            max_token_bytes: raw.auth.max_token_bytes,
+            max_token_bytes: raw.auth.max_token_bytes.into_inner(),
             catalog,
         },
         upstreams,
@@ -308,6 +390,61 @@ fn valid_scope_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
+/// What makes a template unable to match any normalized request path (see
+/// `pipeline::path`), if anything. Parameters (`{name}`, `{*name}`) are left to matchit.
+fn template_problem(template: &str) -> Option<String> {
+    let mut depth = 0usize;
+    for c in template.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            '%' => {
+                return Some(
+                    "contains '%': write paths unescaped; request paths are normalized before \
+                     matching"
+                        .into(),
+                )
+            }
+            c if c.is_ascii_alphanumeric() || "-._~!$&'()*+,=:@/".contains(c) => {}
+            c => {
+                return Some(format!(
+                    "contains {c:?}, which never appears in a normalized path"
+                ))
+            }
+        }
+    }
+    let mut segments = template.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+            return Some(
+                "has an empty or dot segment ('//', '/./', '/../'); requests with one are \
+                 refused with 400, so this route could never match"
+                    .into(),
+            );
+        }
+    }
+    None
+}
+
+/// The path with `.` components dropped and `..` applied, without touching the filesystem.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Parameter names of a matchit template (`{name}` and `{*name}`).
 fn template_params(template: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -326,10 +463,11 @@ fn template_params(template: &str) -> Vec<String> {
     out
 }
 
-fn methods(p: &mut Problems, field: &str, raw: &[Spanned<String>]) -> Methods {
+fn methods(p: &mut Problems, field: &str, spanned: &Spanned<Vec<Spanned<String>>>) -> Methods {
+    let raw = spanned.get_ref();
     if raw.is_empty() {
         p.at(
-            0..0,
+            spanned.span(),
             format!("{field}.methods"),
             "list at least one method, or \"*\" for any",
         );
@@ -338,7 +476,7 @@ fn methods(p: &mut Problems, field: &str, raw: &[Spanned<String>]) -> Methods {
     if raw.iter().any(|m| m.get_ref() == "*") {
         if raw.len() > 1 {
             p.at(
-                raw[0].span(),
+                spanned.span(),
                 format!("{field}.methods"),
                 "\"*\" already means every method; list nothing else",
             );

@@ -298,14 +298,26 @@ mod tests {
     fn allowed_request_gets_a_permit_and_the_upstream_url() {
         let (snap, keys) = setup();
         let uri: Uri = "/machines/m%31?x=1".parse().unwrap();
-        let out = decide(&snap, &keys, &Method::GET, &uri, &bearer(&token(claims())), now_seconds());
+        let out = decide(
+            &snap,
+            &keys,
+            &Method::GET,
+            &uri,
+            &bearer(&token(claims())),
+            now_seconds(),
+        );
         let decision = out.result.unwrap();
         assert_eq!(&*decision.route.template, "/machines/{machine}");
-        assert_eq!(decision.upstream_uri, "http://127.0.0.1:9/base/machines/m1?x=1");
+        assert_eq!(
+            decision.upstream_uri,
+            "http://127.0.0.1:9/base/machines/m1?x=1"
+        );
         let id = decision.permit.identity.unwrap();
         assert_eq!(&*id.key.org, "org_a");
         assert_eq!(id.scopes, "machines.read state.read");
-        let claims = URL_SAFE_NO_PAD.decode(id.claims.unwrap().as_bytes()).unwrap();
+        let claims = URL_SAFE_NO_PAD
+            .decode(id.claims.unwrap().as_bytes())
+            .unwrap();
         let claims: Map<String, Value> = serde_json::from_slice(&claims).unwrap();
         assert_eq!(claims["sub"], "u");
     }
@@ -315,8 +327,18 @@ mod tests {
         let (snap, keys) = setup();
         let t = token(claims());
         let uri: Uri = format!("/rt?a=1&token={t}").parse().unwrap();
-        let out = decide(&snap, &keys, &Method::GET, &uri, &HeaderMap::new(), now_seconds());
-        assert_eq!(out.result.unwrap().upstream_uri, "http://127.0.0.1:9/base/rt?a=1");
+        let out = decide(
+            &snap,
+            &keys,
+            &Method::GET,
+            &uri,
+            &HeaderMap::new(),
+            now_seconds(),
+        );
+        assert_eq!(
+            out.result.unwrap().upstream_uri,
+            "http://127.0.0.1:9/base/rt?a=1"
+        );
     }
 
     #[test]
@@ -325,7 +347,14 @@ mod tests {
         let mut c = claims();
         c["scope"] = json!("state.read");
         let uri: Uri = "/machines/m1".parse().unwrap();
-        let out = decide(&snap, &keys, &Method::GET, &uri, &bearer(&token(c)), now_seconds());
+        let out = decide(
+            &snap,
+            &keys,
+            &Method::GET,
+            &uri,
+            &bearer(&token(c)),
+            now_seconds(),
+        );
         assert_eq!(out.route.map(|r| &*r.template), Some("/machines/{machine}"));
         assert_eq!(
             out.result.unwrap_err(),

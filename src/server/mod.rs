@@ -169,6 +169,8 @@ async fn accept_loop<F, S, B>(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so the ones still running after the grace period can be cut.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => break,
@@ -187,7 +189,9 @@ async fn accept_loop<F, S, B>(
         let guard = ConnectionGuard(gateway.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer));
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
+        // Reap finished connections so the set holds only the open ones.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let _guard = guard;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -201,6 +205,8 @@ async fn accept_loop<F, S, B>(
             tracing::warn!(?grace, "grace period over; closing the remaining connections");
         }
     }
+    // Cuts whatever outlived the grace period (a no-op after a complete drain).
+    connections.shutdown().await;
 }
 
 /// Waits for SIGTERM or SIGINT.

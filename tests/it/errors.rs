@@ -68,10 +68,7 @@ async fn invalid_tokens_are_401_invalid_token() {
             mint(&key).claim("aud", json!(["a", "b"])).sign(),
         ),
         ("malformed", "not-a-jwt".into()),
-        (
-            "two segments",
-            good.rsplit_once('.').unwrap().0.to_owned(),
-        ),
+        ("two segments", good.rsplit_once('.').unwrap().0.to_owned()),
         ("tampered payload", tampered_payload.join(".")),
         ("alg none", mint(&key).header("alg", json!("none")).sign()),
         (

@@ -2,5 +2,10 @@
 
 mod support;
 
+mod cli;
+mod config_examples;
 mod errors;
 mod identity;
+mod reload;
+mod shutdown;
+mod streaming;

@@ -48,6 +48,14 @@ impl Req {
     }
 
     pub async fn send(self) -> Res {
+        self.try_send()
+            .await
+            .unwrap_or_else(|e| panic!("request reaches the gateway: {e}"))
+    }
+
+    /// Like [`Req::send`], but a refused connection or a cut response is an `Err` (for
+    /// shutdown tests, where that is the expected outcome).
+    pub async fn try_send(self) -> Result<Res, String> {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let mut req = Request::builder()
             .method(self.method)
@@ -57,17 +65,18 @@ impl Req {
         for (k, v) in self.headers {
             req.headers_mut().append(k, v);
         }
-        let res = client
-            .request(req)
-            .await
-            .expect("request reaches the gateway");
+        let res = client.request(req).await.map_err(|e| format!("{e:?}"))?;
         let (parts, body) = res.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Res {
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e:?}"))?
+            .to_bytes();
+        Ok(Res {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     }
 }
 

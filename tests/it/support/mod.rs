@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod child;
 pub mod client;
 pub mod token;
 pub mod upstream;
@@ -106,9 +107,16 @@ pub struct Builder {
     routes: String,
     extra: String,
     upstream_extra: String,
+    grace_seconds: u64,
 }
 
 impl Builder {
+    /// `[server] shutdown_grace_seconds` (5 unless set).
+    pub fn shutdown_grace(mut self, seconds: u64) -> Self {
+        self.grace_seconds = seconds;
+        self
+    }
+
     /// Replaces the default routes with these `[[routes]]` tables (upstream "main").
     pub fn routes(mut self, toml: &str) -> Self {
         self.routes = toml.to_owned();
@@ -131,8 +139,8 @@ impl Builder {
 
     pub fn config_text(&self, upstream: SocketAddr) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = 5\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"keys\"\npoll_interval_ms = 100\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
-            self.extra, self.upstream_extra, self.routes
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"keys\"\npoll_interval_ms = 100\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
+            self.grace_seconds, self.extra, self.upstream_extra, self.routes
         )
     }
 
@@ -173,6 +181,7 @@ impl TestGateway {
             routes: DEFAULT_ROUTES.to_owned(),
             extra: String::new(),
             upstream_extra: String::new(),
+            grace_seconds: 5,
         }
     }
 
@@ -251,6 +260,29 @@ impl TestGateway {
             r.shutdown().await;
         }
     }
+}
+
+/// The sum of the samples `name{labels…} value` in Prometheus text whose labels include every
+/// given `label="value"` pair (one series when the pairs name all its labels). 0 when no
+/// series matches yet: labelled counters appear on their first increment.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| {
+            l.starts_with(&prefix) || (labels.is_empty() && l.starts_with(&format!("{name} ")))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unparsable sample: {l}"))
+        })
+        .sum()
 }
 
 /// The built-in scope catalogue, for tests that parse key files directly.
