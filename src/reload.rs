@@ -211,59 +211,105 @@ pub fn initial_keys(
     (files, set)
 }
 
-/// Runs until `shutdown` flips: watches files, rebuilds snapshots, swaps them in.
-pub async fn run(
+/// Watches the config file and the key folder and swaps in what changed.
+///
+/// Built before the gateway reports ready, so the file watches and the SIGHUP handler are in
+/// place first: nothing written after `ready` can be missed, and an early SIGHUP cannot kill
+/// the process with the default signal action.
+pub struct Reloader {
     gateway: Arc<Gateway>,
     config_path: PathBuf,
-    mut key_files: KeyFiles,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let (tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.as_ref().map_or(true, |e| changes_files(&e.kind)) {
-                let _ = tx.send(());
-            }
-        }) {
-            Ok(w) => Some(w),
+    key_files: KeyFiles,
+    watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::UnboundedReceiver<()>,
+    watched: Vec<PathBuf>,
+    hangups: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloader {
+    /// Must be called inside a tokio runtime (it installs the SIGHUP handler).
+    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf, key_files: KeyFiles) -> Self {
+        let (tx, events) = mpsc::unbounded_channel::<()>();
+        let watcher =
+            match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.as_ref().map_or(true, |e| changes_files(&e.kind)) {
+                    let _ = tx.send(());
+                }
+            }) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "file events unavailable; relying on polling");
+                    None
+                }
+            };
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "file events unavailable; relying on polling");
+                tracing::warn!(error = %e, "cannot handle SIGHUP; file changes still reload");
                 None
             }
         };
-    let mut watched: Vec<PathBuf> = Vec::new();
-    let mut config_fingerprint = store::fingerprint(&config_path).ok();
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut reloader = Reloader {
+            gateway,
+            config_path,
+            key_files,
+            watcher,
+            events,
+            watched: Vec::new(),
+            hangups,
+        };
+        rewatch(
+            &mut reloader.watcher,
+            &mut reloader.watched,
+            &reloader.config_path,
+            reloader.key_files.dir(),
+        );
+        reloader
+    }
 
-    loop {
-        let poll = gateway.snapshot.load().config.keys.poll_interval;
-        // Changes made before a watch began sent no event: look once right away after
-        // (re)watching (at startup, the task may begin well after the first key load).
-        let watching_anew = rewatch(&mut watcher, &mut watched, &config_path, key_files.dir());
-        let mut forced = false;
-        if !watching_anew {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                // `None` (no watcher) disables this branch instead of spinning on it.
-                Some(()) = events.recv() => {
-                    // Let a burst of events (write + rename + chmod) settle, then rescan once.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    while events.try_recv().is_ok() {}
-                }
-                _ = tokio::time::sleep(poll) => {}
-                Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    forced = true;
+    /// Runs until `shutdown` flips.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let gateway = self.gateway.clone();
+        // `None` makes the first pass compare the file's content with the running config:
+        // an edit made between the first load and the first watch is not missed.
+        let mut config_fingerprint = None;
+        // Changes made before the watches began sent no event: the first pass looks anyway.
+        let mut look_now = true;
+        loop {
+            let poll = gateway.snapshot.load().config.keys.poll_interval;
+            let mut forced = false;
+            if !look_now {
+                let hangups = self.hangups.as_mut();
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    // `None` (no watcher) disables this branch instead of spinning on it.
+                    Some(()) = self.events.recv() => {
+                        // Let a burst of events (write + rename + chmod) settle, then rescan once.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        while self.events.try_recv().is_ok() {}
+                    }
+                    _ = tokio::time::sleep(poll) => {}
+                    Some(()) = async { match hangups { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        forced = true;
+                    }
                 }
             }
-        }
-        let fingerprint = store::fingerprint(&config_path).ok();
-        if forced || fingerprint != config_fingerprint {
-            config_fingerprint = fingerprint;
-            reload_config(&gateway, &config_path, &mut key_files);
-        }
-        if let Some(set) = key_files.rescan(&gateway.metrics) {
-            gateway.replace_keys(set);
+            let fingerprint = store::fingerprint(&self.config_path).ok();
+            if forced || fingerprint.is_none() || fingerprint != config_fingerprint {
+                config_fingerprint = fingerprint;
+                reload_config(&gateway, &self.config_path, &mut self.key_files, forced);
+            }
+            // A reloaded config may have moved the key folder: watch it and look at once.
+            look_now = rewatch(
+                &mut self.watcher,
+                &mut self.watched,
+                &self.config_path,
+                self.key_files.dir(),
+            );
+            if let Some(set) = self.key_files.rescan(&gateway.metrics) {
+                gateway.replace_keys(set);
+            }
         }
     }
 }
@@ -279,11 +325,16 @@ fn changes_files(kind: &EventKind) -> bool {
     }
 }
 
-fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles) {
+/// Loads the config file and swaps it in. An unchanged file (same text) is a no-op unless
+/// `forced` (SIGHUP), so metadata-only changes and the startup check stay quiet.
+fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles, forced: bool) {
     match config::load(path) {
         Ok(new) => {
             let current = gateway.snapshot.load_full();
             let old = &current.config;
+            if !forced && new.digest == old.digest {
+                return;
+            }
             if new.server.listen != old.server.listen
                 || new.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
             {

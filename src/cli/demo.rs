@@ -107,9 +107,7 @@ pub async fn run() -> anyhow::Result<()> {
     // Handle Ctrl-C and SIGTERM from the very start: a signal that arrived before the handlers
     // existed would kill the process with its default action and leave the temporary keys
     // behind (the curls below are printed before the wait begins).
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let terminated = crate::server::termination();
 
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream_listener.local_addr()?;
@@ -189,10 +187,7 @@ Press Ctrl-C to stop (the temporary keys are deleted)."#,
         ci_id = ci.id,
         keys = dir.path().join("keys").display(),
     );
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
+    terminated.await;
     running.shutdown().await;
     drop(dir);
     Ok(())

@@ -28,6 +28,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "scopegate.toml";
 pub struct Config {
     /// The file this was loaded from; relative paths inside it are resolved against its folder.
     pub source: PathBuf,
+    /// A hash of the file's text: a reload of identical text changes nothing.
+    pub digest: u64,
     pub server: ServerSettings,
     pub admin: Option<AdminSettings>,
     pub keys: KeySettings,

@@ -341,6 +341,12 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
 
     Ok(Config {
         source: path.to_owned(),
+        digest: {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            h.finish()
+        },
         server: ServerSettings {
             listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
             identity_prefix: prefix,

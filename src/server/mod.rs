@@ -32,23 +32,24 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    stop_main: watch::Sender<bool>,
+    stop_rest: watch::Sender<bool>,
+    main: JoinHandle<()>,
+    rest: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Starts the drain and waits until every listener has closed.
+    /// Drains: `/readyz` turns 503 and the main listener stops accepting at once; in-flight
+    /// requests get up to the grace period. The admin listener (so a load balancer can watch
+    /// `/readyz`) and the reloader stop only once the main listener has drained.
     pub async fn shutdown(self) {
         self.gateway.start_drain();
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        let _ = self.stop_main.send(true);
+        let _ = self.main.await;
+        let _ = self.stop_rest.send(true);
+        for t in self.rest {
             let _ = t.await;
         }
-    }
-
-    /// Resolves when a listener task ends on its own (it should not).
-    pub fn trigger(&self) -> watch::Sender<bool> {
-        self.shutdown.clone()
     }
 }
 
@@ -74,17 +75,17 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
     let grace = config.server.shutdown_grace;
     let header_timeout = config.server.header_read_timeout;
     let gateway = Gateway::new(Snapshot::build(Arc::new(config), None), keys, metrics);
-    let (shutdown, rx) = watch::channel(false);
+    let (stop_main, main_rx) = watch::channel(false);
+    let (stop_rest, rest_rx) = watch::channel(false);
 
     let addr = listener.local_addr()?;
-    let mut tasks = Vec::new();
     let gw = gateway.clone();
-    tasks.push(tokio::spawn(accept_loop(
+    let main = tokio::spawn(accept_loop(
         listener,
-        rx.clone(),
+        main_rx,
         grace,
         header_timeout,
-        gw.clone(),
+        Some(gw.clone()),
         move |peer| {
             let gw = gw.clone();
             service_fn(move |req| {
@@ -92,17 +93,18 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
                 async move { Ok::<_, Infallible>(pipeline::handle(gw, req, peer, "http").await) }
             })
         },
-    )));
+    ));
+    let mut rest = Vec::new();
     let admin_addr = match admin_listener {
         Some(l) => {
             let a = l.local_addr()?;
             let gw = gateway.clone();
-            tasks.push(tokio::spawn(accept_loop(
+            rest.push(tokio::spawn(accept_loop(
                 l,
-                rx.clone(),
+                rest_rx.clone(),
                 grace,
                 header_timeout,
-                gw.clone(),
+                None,
                 move |_peer| {
                     let gw = gw.clone();
                     service_fn(move |req| {
@@ -115,29 +117,38 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         }
         None => None,
     };
-    tasks.push(tokio::spawn(reload::run(
-        gateway.clone(),
-        config_path,
-        key_files,
-        rx,
-    )));
+    let reloader = reload::Reloader::new(gateway.clone(), config_path, key_files);
+    rest.push(tokio::spawn(reloader.run(rest_rx)));
     gateway.set_ready();
     tracing::info!(%addr, admin = ?admin_addr, "scopegate is serving");
     Ok(Running {
         addr,
         admin_addr,
         gateway,
-        shutdown,
-        tasks,
+        stop_main,
+        stop_rest,
+        main,
+        rest,
     })
 }
 
-/// Counts an open connection for as long as it lives.
-struct ConnectionGuard(Arc<Gateway>);
+/// Counts an open client connection (main listener only) for as long as it lives.
+struct ConnectionGuard(Option<Arc<Gateway>>);
+
+impl ConnectionGuard {
+    fn open(gateway: Option<Arc<Gateway>>) -> Self {
+        if let Some(g) = &gateway {
+            g.metrics.open_connections.inc();
+        }
+        ConnectionGuard(gateway)
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.metrics.open_connections.dec();
+        if let Some(g) = &self.0 {
+            g.metrics.open_connections.dec();
+        }
     }
 }
 
@@ -146,7 +157,7 @@ async fn accept_loop<F, S, B>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     header_timeout: Duration,
-    gateway: Arc<Gateway>,
+    counted: Option<Arc<Gateway>>,
     make_service: F,
 ) where
     F: Fn(SocketAddr) -> S,
@@ -185,8 +196,7 @@ async fn accept_loop<F, S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
-        gateway.metrics.open_connections.inc();
-        let guard = ConnectionGuard(gateway.clone());
+        let guard = ConnectionGuard::open(counted.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer));
         let conn = graceful.watch(conn.into_owned());
         // Reap finished connections so the set holds only the open ones.
@@ -210,20 +220,27 @@ async fn accept_loop<F, S, B>(
 }
 
 /// Waits for SIGTERM or SIGINT.
-pub async fn termination() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+///
+/// The handlers are installed when this is called, not when it is first polled: call it
+/// before starting to serve so an early signal drains instead of killing the process.
+pub fn termination() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
 /// `scopegate serve`: run until SIGTERM/SIGINT, then drain.
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = crate::config::load(&config_path)?;
+    let terminated = termination();
     let running = start(config, config_path).await?;
-    termination().await;
+    terminated.await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     Ok(())
