@@ -39,7 +39,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check => {
             init_tracing("warn");
-            cli::check(flag)?.print(cli.json);
+            let (output, ok) = cli::check(flag)?;
+            output.print(cli.json);
+            anyhow::ensure!(ok, "the key folder has problems (listed above)");
             Ok(())
         }
         Command::Orgs(cmd) => {

@@ -355,8 +355,9 @@ pub fn tokens(config: Option<&Config>, cmd: &TokensCommand) -> anyhow::Result<Ou
     })
 }
 
-/// `scopegate check`: the config, its key files, and the route table.
-pub fn check(flag: Option<&Path>) -> anyhow::Result<Output> {
+/// `scopegate check`: the config, its key files, and the route table. The flag is false when
+/// a key file has problems (a broken config is an `Err`, like everywhere else).
+pub fn check(flag: Option<&Path>) -> anyhow::Result<(Output, bool)> {
     let (path, config) = load_config(flag)?;
     let mut problems = Vec::new();
     let mut warning = None;
@@ -460,11 +461,24 @@ pub fn check(flag: Option<&Path>) -> anyhow::Result<Output> {
         })).collect::<Vec<_>>(),
     });
     if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
+        // Problems go to stderr (and into the JSON); the caller exits non-zero.
+        let mut lines = warning.map(|w| vec![w]).unwrap_or_default();
+        lines.extend(problems.iter().cloned());
+        return Ok((
+            Output {
+                text: String::new(),
+                json,
+                warning: Some(lines.join("\n")),
+            },
+            false,
+        ));
     }
-    Ok(Output {
-        text,
-        json,
-        warning,
-    })
+    Ok((
+        Output {
+            text,
+            json,
+            warning,
+        },
+        true,
+    ))
 }

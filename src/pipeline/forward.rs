@@ -6,15 +6,19 @@
 //! upstream can trust them.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
 
 use super::authorize::{Permit, ACT_HEADER};
 use crate::config::UpstreamSettings;
@@ -40,7 +44,7 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 #[derive(Debug)]
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
 }
 
 impl Upstream {
@@ -57,24 +61,90 @@ impl Upstream {
         Upstream { settings, client }
     }
 
-    /// Sends the request; the response head must arrive within the response timeout.
+    /// Sends the request. The response head must arrive within the response timeout,
+    /// counted from the moment the request body has been sent in full: a slow upload is the
+    /// client's pace, not the upstream's.
     pub async fn send(
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.settings.response_timeout, self.client.request(request))
-            .await
-        {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %self.settings.name, error = %e, "upstream request failed");
-                Err(GatewayError::UpstreamUnavailable)
-            }
-            Ok(Ok(mut response)) => {
-                strip_hop_by_hop(response.headers_mut());
-                Ok(response)
-            }
+        let sent = Arc::new(Notify::new());
+        let request = request.map(|body| RequestBody::new(body, sent.clone()));
+        let response = self.client.request(request);
+        let deadline = async {
+            sent.notified().await;
+            tokio::time::sleep(self.settings.response_timeout).await;
+        };
+        tokio::select! {
+            result = response => match result {
+                Err(e) => {
+                    tracing::debug!(upstream = %self.settings.name, error = %e, "upstream request failed");
+                    Err(GatewayError::UpstreamUnavailable)
+                }
+                Ok(mut response) => {
+                    strip_hop_by_hop(response.headers_mut());
+                    Ok(response)
+                }
+            },
+            () = deadline => Err(GatewayError::UpstreamTimeout),
         }
+    }
+}
+
+/// The client's request body on its way upstream; tells `send` when it has been sent whole.
+pub struct RequestBody {
+    inner: Incoming,
+    sent: Option<Arc<Notify>>,
+}
+
+impl RequestBody {
+    fn new(inner: Incoming, sent: Arc<Notify>) -> Self {
+        let mut body = RequestBody {
+            inner,
+            sent: Some(sent),
+        };
+        // An empty body may never be polled at all.
+        body.check_end();
+        body
+    }
+
+    fn check_end(&mut self) {
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            // Stores a permit if `send` is not waiting yet.
+            sent.notify_one();
+        }
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(Some(Ok(_))) => self.check_end(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
