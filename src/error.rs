@@ -71,6 +71,18 @@ pub enum GatewayError {
     BadPath,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// A built-in endpoint refused the request's content; the message says why.
+    InvalidRequest(String),
+    /// A built-in endpoint found nothing (also for another organization's key: ids don't leak).
+    KeyNotFound,
+    /// A key may only grant scopes it holds itself.
+    ScopeEscalation {
+        missing: String,
+    },
+    /// The request body is larger than a built-in endpoint accepts.
+    PayloadTooLarge,
+    /// We broke (the key store could not be written): 500, details in the log only.
+    Internal,
 }
 
 impl GatewayError {
@@ -85,6 +97,11 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::KeyNotFound => StatusCode::NOT_FOUND,
+            GatewayError::ScopeEscalation { .. } => StatusCode::FORBIDDEN,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -102,6 +119,11 @@ impl GatewayError {
             GatewayError::BadActHeader | GatewayError::BadPath => "bad-request",
             GatewayError::UpstreamUnavailable => "bad-gateway",
             GatewayError::UpstreamTimeout => "gateway-timeout",
+            GatewayError::InvalidRequest(_) => "bad-request",
+            GatewayError::KeyNotFound => "not-found",
+            GatewayError::ScopeEscalation { .. } => "missing-scope",
+            GatewayError::PayloadTooLarge => "payload-too-large",
+            GatewayError::Internal => "internal-error",
         }
     }
 
@@ -112,12 +134,13 @@ impl GatewayError {
             GatewayError::ImpersonationDenied => "impersonation-denied",
             GatewayError::BadActHeader => "bad-act-header",
             GatewayError::BadPath => "ambiguous-path",
+            GatewayError::ScopeEscalation { .. } => "scope-escalation",
             other => other.code(),
         }
     }
 
-    fn message(&self) -> &'static str {
-        match self {
+    fn message(&self) -> std::borrow::Cow<'static, str> {
+        let text = match self {
             GatewayError::MissingToken => "a bearer token is required",
             GatewayError::InvalidToken(TokenFault::Expired) => "the token has expired",
             GatewayError::InvalidToken(TokenFault::NotYetValid) => "the token is not valid yet",
@@ -133,7 +156,13 @@ impl GatewayError {
             GatewayError::BadPath => "the request path is ambiguous",
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service timed out",
-        }
+            GatewayError::InvalidRequest(message) => return message.clone().into(),
+            GatewayError::KeyNotFound => "no such key",
+            GatewayError::ScopeEscalation { .. } => "a key cannot grant scopes it does not hold",
+            GatewayError::PayloadTooLarge => "the request body is too large",
+            GatewayError::Internal => "internal error",
+        };
+        text.into()
     }
 
     /// Is this a decision about the caller (401/403) rather than about the request's shape
@@ -151,7 +180,7 @@ impl GatewayError {
 
     /// The response. RFC 6750 §3 shapes `WWW-Authenticate`.
     pub fn into_response(&self) -> Response<Full<Bytes>> {
-        let mut response = json_response(self.status(), self.message(), self.code());
+        let mut response = json_response(self.status(), &self.message(), self.code());
         let headers = response.headers_mut();
         match self {
             GatewayError::MissingToken => {
@@ -189,7 +218,12 @@ impl GatewayError {
             | GatewayError::NotFound
             | GatewayError::BadPath
             | GatewayError::UpstreamUnavailable
-            | GatewayError::UpstreamTimeout => {}
+            | GatewayError::UpstreamTimeout
+            | GatewayError::InvalidRequest(_)
+            | GatewayError::ScopeEscalation { .. }
+            | GatewayError::KeyNotFound
+            | GatewayError::PayloadTooLarge
+            | GatewayError::Internal => {}
         }
         response
     }
@@ -207,6 +241,11 @@ pub fn json_response(status: StatusCode, message: &str, code: &str) -> Response<
         code,
     })
     .expect("error bodies serialize");
+    json_body(status, body)
+}
+
+/// A JSON response the gateway writes itself; never cached.
+pub fn json_body(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response

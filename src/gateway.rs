@@ -3,7 +3,7 @@
 //! those `Arc`s to the end: it is decided by the old tables or the new ones, never a mix.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
@@ -12,6 +12,7 @@ use crate::keys::KeySet;
 use crate::metrics::Metrics;
 use crate::pipeline::forward::{IdentityNames, Upstream};
 use crate::pipeline::verify::Verifier;
+use crate::reload::KeyFiles;
 
 /// Everything derived from one config: built off the request path, swapped whole.
 #[derive(Debug)]
@@ -51,18 +52,27 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     pub keys: ArcSwap<KeySet>,
     pub metrics: Metrics,
+    /// The key folder as last read. The reloader and the keys API both rescan through it, so
+    /// a key the API just wrote is live before the API answers.
+    key_files: Mutex<KeyFiles>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, keys: KeySet, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        snapshot: Snapshot,
+        key_files: KeyFiles,
+        keys: KeySet,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         metrics.keys_loaded.set(keys.len() as i64);
         metrics.orgs_loaded.set(keys.org_count() as i64);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             keys: ArcSwap::from_pointee(keys),
             metrics,
+            key_files: Mutex::new(key_files),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -79,6 +89,19 @@ impl Gateway {
 
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn key_files(&self) -> MutexGuard<'_, KeyFiles> {
+        // A panic while rescanning leaves the state as consistent as before it: keep going.
+        self.key_files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rescans the key folder now and swaps in what changed.
+    pub fn rescan_keys(&self) {
+        let mut files = self.key_files();
+        if let Some(set) = files.rescan(&self.metrics) {
+            self.replace_keys(set);
+        }
     }
 
     pub fn replace_keys(&self, keys: KeySet) {

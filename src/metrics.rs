@@ -21,6 +21,7 @@ pub struct Metrics {
     pub orgs_loaded: IntGauge,
     pub open_connections: IntGauge,
     pub key_file_errors: IntGauge,
+    pub key_changes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -85,6 +86,14 @@ impl Metrics {
             "Key files whose latest version is broken (their last good keys stay in use).",
         )
         .expect("valid metric");
+        let key_changes = IntCounterVec::new(
+            Opts::new(
+                "scopegate_key_changes_total",
+                "Keys created and deleted through the keys API, by action and result.",
+            ),
+            &["action", "result"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "scopegate_build_info",
@@ -107,6 +116,7 @@ impl Metrics {
             Box::new(orgs_loaded.clone()),
             Box::new(open_connections.clone()),
             Box::new(key_file_errors.clone()),
+            Box::new(key_changes.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -122,6 +132,7 @@ impl Metrics {
             orgs_loaded,
             open_connections,
             key_file_errors,
+            key_changes,
         }
     }
 

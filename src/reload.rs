@@ -219,7 +219,6 @@ pub fn initial_keys(
 pub struct Reloader {
     gateway: Arc<Gateway>,
     config_path: PathBuf,
-    key_files: KeyFiles,
     watcher: Option<notify::RecommendedWatcher>,
     events: mpsc::UnboundedReceiver<()>,
     watched: Vec<PathBuf>,
@@ -228,7 +227,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Must be called inside a tokio runtime (it installs the SIGHUP handler).
-    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf, key_files: KeyFiles) -> Self {
+    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf) -> Self {
         let (tx, events) = mpsc::unbounded_channel::<()>();
         let watcher =
             match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -252,17 +251,17 @@ impl Reloader {
         let mut reloader = Reloader {
             gateway,
             config_path,
-            key_files,
             watcher,
             events,
             watched: Vec::new(),
             hangups,
         };
+        let keys_dir = reloader.gateway.key_files().dir().to_owned();
         rewatch(
             &mut reloader.watcher,
             &mut reloader.watched,
             &reloader.config_path,
-            reloader.key_files.dir(),
+            &keys_dir,
         );
         reloader
     }
@@ -298,18 +297,17 @@ impl Reloader {
             let fingerprint = store::fingerprint(&self.config_path).ok();
             if forced || fingerprint.is_none() || fingerprint != config_fingerprint {
                 config_fingerprint = fingerprint;
-                reload_config(&gateway, &self.config_path, &mut self.key_files, forced);
+                reload_config(&gateway, &self.config_path, forced);
             }
             // A reloaded config may have moved the key folder: watch it and look at once.
+            let keys_dir = gateway.key_files().dir().to_owned();
             look_now = rewatch(
                 &mut self.watcher,
                 &mut self.watched,
                 &self.config_path,
-                self.key_files.dir(),
+                &keys_dir,
             );
-            if let Some(set) = self.key_files.rescan(&gateway.metrics) {
-                gateway.replace_keys(set);
-            }
+            gateway.rescan_keys();
         }
     }
 }
@@ -327,7 +325,7 @@ fn changes_files(kind: &EventKind) -> bool {
 
 /// Loads the config file and swaps it in. An unchanged file (same text) is a no-op unless
 /// `forced` (SIGHUP), so metadata-only changes and the startup check stay quiet.
-fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles, forced: bool) {
+fn reload_config(gateway: &Gateway, path: &Path, forced: bool) {
     match config::load(path) {
         Ok(new) => {
             let current = gateway.snapshot.load_full();
@@ -342,7 +340,9 @@ fn reload_config(gateway: &Gateway, path: &Path, key_files: &mut KeyFiles, force
                     "listen addresses changed in the config; they take effect on restart"
                 );
             }
-            key_files.reconfigure(&new.keys, &new.auth.catalog);
+            gateway
+                .key_files()
+                .reconfigure(&new.keys, &new.auth.catalog);
             let snapshot = Snapshot::build(Arc::new(new), Some(&current));
             gateway.snapshot.store(Arc::new(snapshot));
             ReloadOutcome::Applied {

@@ -1,5 +1,40 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process runs) and
+//! The gateway's own endpoints.
+//!
+//! On the admin listener: `/metrics` (Prometheus text), `/healthz` (the process runs) and
 //! `/readyz` (config and keys loaded, not draining). Keep it off the public network.
+//!
+//! On the main listener, behind the same pipeline as every route: the keys API
+//! ([`keys_api`]) and the dashboard ([`dashboard`]).
+
+pub mod dashboard;
+pub mod keys_api;
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use hyper::body::Incoming;
+
+use crate::config::Builtin;
+use crate::error::GatewayError;
+use crate::gateway::Snapshot;
+use crate::pipeline::Permit;
+
+/// Answers a request the route table sent to a built-in endpoint.
+pub async fn builtin(
+    gateway: &Arc<Gateway>,
+    snapshot: &Snapshot,
+    builtin: Builtin,
+    permit: Permit,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
+    match builtin {
+        Builtin::Dashboard => dashboard::handle(&parts),
+        Builtin::KeysList | Builtin::KeysCreate | Builtin::KeysDelete => {
+            keys_api::handle(gateway, snapshot, builtin, permit, parts, body).await
+        }
+    }
+}
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};

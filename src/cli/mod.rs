@@ -418,7 +418,7 @@ pub fn check(flag: Option<&Path>) -> anyhow::Result<(Output, bool)> {
                 } else {
                     r.scopes.joined()
                 },
-                config.upstreams[r.upstream].name.clone(),
+                config.target_name(r),
             ]
         })
         .collect();
@@ -457,7 +457,7 @@ pub fn check(flag: Option<&Path>) -> anyhow::Result<(Output, bool)> {
             "path": &*r.template,
             "scopes": r.scopes.iter().collect::<Vec<_>>(),
             "public": r.public,
-            "upstream": config.upstreams[r.upstream].name,
+            "upstream": config.target_name(r),
         })).collect::<Vec<_>>(),
     });
     if !problems.is_empty() {

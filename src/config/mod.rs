@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use routes::{Lookup, Methods, Route, RouteMatch, RouteTable};
+pub use routes::{Builtin, Lookup, Methods, Route, RouteMatch, RouteTable, Target};
 pub use validate::validate;
 
 use crate::scopes::Catalog;
@@ -34,6 +34,9 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     pub keys: KeySettings,
     pub auth: AuthSettings,
+    pub keys_api: KeysApiSettings,
+    /// Serve the dashboard at `/dashboard`.
+    pub dashboard: bool,
     pub upstreams: Vec<UpstreamSettings>,
     pub routes: RouteTable,
 }
@@ -68,6 +71,12 @@ pub struct AuthSettings {
     pub catalog: Catalog,
 }
 
+#[derive(Debug, Clone)]
+pub struct KeysApiSettings {
+    pub enabled: bool,
+    pub page_size: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     pub name: String,
@@ -80,6 +89,16 @@ pub struct UpstreamSettings {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+}
+
+impl Config {
+    /// Where a route sends what it allows, as `check` and `explain` print it.
+    pub fn target_name(&self, route: &Route) -> String {
+        match route.target {
+            Target::Upstream(i) => self.upstreams[i].name.clone(),
+            Target::Builtin(b) => format!("(built-in {})", b.name()),
+        }
+    }
 }
 
 /// Everything wrong with a config file, each with its line.

@@ -22,6 +22,7 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_SECONDS: u64 = 90;
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+pub const DEFAULT_KEYS_PAGE_SIZE: usize = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +34,10 @@ pub struct RawConfig {
     pub keys: RawKeys,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub keys_api: RawKeysApi,
+    #[serde(default)]
+    pub dashboard: RawDashboard,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
@@ -90,6 +95,33 @@ impl Default for RawKeys {
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
         }
     }
+}
+
+/// State Backed's keys API (`POST /keys`, `GET /keys`, `DELETE /keys/{id}`), served by the
+/// gateway itself on the main listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeysApi {
+    pub enabled: bool,
+    /// Keys per `GET /keys` page; clients follow `cursor` for the rest.
+    pub page_size: Spanned<usize>,
+}
+
+impl Default for RawKeysApi {
+    fn default() -> Self {
+        RawKeysApi {
+            enabled: true,
+            page_size: Spanned::new(0..0, DEFAULT_KEYS_PAGE_SIZE),
+        }
+    }
+}
+
+/// The web dashboard at `/dashboard` on the main listener. Follows `[keys_api] enabled`
+/// unless set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDashboard {
+    pub enabled: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,6 +46,33 @@ impl Methods {
     }
 }
 
+/// Where an allowed request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Index into `Config::upstreams`.
+    Upstream(usize),
+    /// Answered by the gateway itself.
+    Builtin(Builtin),
+}
+
+/// The endpoints the gateway serves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    KeysList,
+    KeysCreate,
+    KeysDelete,
+    Dashboard,
+}
+
+impl Builtin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::KeysList | Builtin::KeysCreate | Builtin::KeysDelete => "keys API",
+            Builtin::Dashboard => "dashboard",
+        }
+    }
+}
+
 /// One route of the policy.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -53,13 +80,12 @@ pub struct Route {
     pub template: Arc<str>,
     pub methods: Methods,
     pub scopes: ScopeSet,
-    /// Index into `Config::upstreams`.
-    pub upstream: usize,
+    pub target: Target,
     pub public: bool,
     pub token_query_param: Option<String>,
     pub org_param: Option<String>,
     pub forward_token: bool,
-    /// Line of the route in its config file, for `check` and error messages.
+    /// Line of the route in its config file (0 for built-in routes).
     pub line: usize,
 }
 

@@ -174,8 +174,13 @@ fn missing_required_route_field_is_refused_with_the_route_line() {
 #[test]
 fn empty_file_is_a_valid_gateway_with_no_routes() {
     // Fail-closed: no route means every request is a 404 that never reaches an upstream.
+    // Only the built-in endpoints (keys API, dashboard) are there.
     let config = valid("");
-    assert!(config.routes.routes().is_empty());
+    assert!(config
+        .routes
+        .routes()
+        .iter()
+        .all(|r| matches!(r.target, crate::config::Target::Builtin(_))));
     assert_eq!(
         config.routes.lookup(&Method::GET, "/anything").unwrap_err(),
         Lookup::NotFound
@@ -227,9 +232,9 @@ fn invalid_extra_scope_name_is_refused() {
 #[test]
 fn org_keys_write_alias_is_accepted_as_the_canonical_scope() {
     let config = valid(&with_upstream(&route(
-        "methods = [\"GET\"]\npath = \"/keys\"\nscopes = [\"org.keys.write\"]",
+        "methods = [\"GET\"]\npath = \"/org-keys\"\nscopes = [\"org.keys.write\"]",
     )));
-    let m = config.routes.lookup(&Method::GET, "/keys").unwrap();
+    let m = config.routes.lookup(&Method::GET, "/org-keys").unwrap();
     assert!(m.route.scopes.contains("org-keys.write"));
     assert!(m.route.scopes.contains("org.keys.write"));
     assert_eq!(m.route.scopes.joined(), "org-keys.write");
@@ -880,5 +885,57 @@ fn route_conflicts_are_reported_with_other_problems() {
         line_of(&text, "/a/{y}", 0),
         "routes[1].path",
         "conflict",
+    );
+}
+
+// ---- built-in endpoints ----------------------------------------------------------------------
+
+#[test]
+fn keys_api_routes_are_built_in_and_require_org_keys_write() {
+    let config = valid("");
+    for (method, path) in [
+        (Method::GET, "/keys"),
+        (Method::POST, "/keys"),
+        (Method::DELETE, "/keys/sbk_1"),
+    ] {
+        let m = config.routes.lookup(&method, path).unwrap();
+        assert_eq!(m.route.scopes.joined(), "org-keys.write", "{method} {path}");
+        assert!(matches!(m.route.target, crate::config::Target::Builtin(_)));
+    }
+}
+
+#[test]
+fn a_configured_route_on_a_built_in_path_is_refused() {
+    let err = invalid(&with_upstream(&route(
+        "methods = [\"DELETE\"]\npath = \"/keys/{id}\"\nscopes = [\"org-keys.write\"]",
+    )));
+    assert!(err.contains("built-in keys API"), "{err}");
+    assert!(err.contains("routes[0]"), "{err}");
+}
+
+#[test]
+fn turning_the_keys_api_off_frees_its_paths_and_the_dashboard() {
+    let config = valid(&with_upstream(&format!(
+        "[keys_api]\nenabled = false\n\n{}",
+        route("methods = [\"GET\"]\npath = \"/keys\"\nscopes = [\"org-keys.write\"]")
+    )));
+    let m = config.routes.lookup(&Method::GET, "/keys").unwrap();
+    assert!(matches!(m.route.target, crate::config::Target::Upstream(0)));
+    assert!(!config.dashboard);
+    assert!(config.routes.lookup(&Method::GET, "/dashboard").is_err());
+}
+
+#[test]
+fn the_dashboard_without_the_keys_api_is_refused() {
+    let err = invalid("[keys_api]\nenabled = false\n[dashboard]\nenabled = true\n");
+    assert!(err.contains("dashboard.enabled"), "{err}");
+}
+
+#[test]
+fn keys_api_page_size_must_be_sane() {
+    let err = invalid("[keys_api]\npage_size = 0\n");
+    assert!(
+        err.contains(&format!("{FILE}:2: keys_api.page_size")),
+        "{err}"
     );
 }

@@ -10,10 +10,10 @@ use http::Method;
 use toml::Spanned;
 
 use super::raw::RawConfig;
-use super::routes::{Methods, Route, RouteTable};
+use super::routes::{Builtin, Methods, Route, RouteTable, Target};
 use super::{
-    line_of, AdminSettings, AuthSettings, Config, ConfigError, KeySettings, Problem,
-    ServerSettings, UpstreamSettings,
+    line_of, AdminSettings, AuthSettings, Config, ConfigError, KeySettings, KeysApiSettings,
+    Problem, ServerSettings, UpstreamSettings,
 };
 use crate::scopes::{Catalog, ScopeSet};
 
@@ -276,7 +276,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             template: Arc::from(template.as_str()),
             methods,
             scopes: ScopeSet::from_names(scopes.iter().map(|s| &**s)),
-            upstream,
+            target: Target::Upstream(upstream),
             public: r.public,
             token_query_param: r.token_query_param.as_ref().map(|q| q.get_ref().clone()),
             org_param: r.org_param.as_ref().map(|o| o.get_ref().clone()),
@@ -305,24 +305,75 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         }
     }
 
+    // The gateway's own endpoints take their paths first; a configured route on the same
+    // path and method would never be reached, so it is a mistake worth a clear message.
+    let keys_api_enabled = raw.keys_api.enabled;
+    let dashboard = match &raw.dashboard.enabled {
+        Some(on) if *on.get_ref() && !keys_api_enabled => {
+            p.at(
+                on.span(),
+                "dashboard.enabled",
+                "the dashboard needs the keys API: set [keys_api] enabled = true",
+            );
+            false
+        }
+        Some(on) => *on.get_ref(),
+        None => keys_api_enabled,
+    };
+    if *raw.keys_api.page_size.get_ref() == 0 || *raw.keys_api.page_size.get_ref() > 1000 {
+        p.at(
+            raw.keys_api.page_size.span(),
+            "keys_api.page_size",
+            "must be between 1 and 1000",
+        );
+    }
+    let builtins = builtin_routes(keys_api_enabled, dashboard, &catalog);
+    for (i, a) in routes.iter().enumerate() {
+        if let Some(b) = builtins
+            .iter()
+            .find(|b| same_shape(&b.template, &a.template) && b.methods.overlaps(&a.methods))
+        {
+            let Target::Builtin(kind) = b.target else {
+                continue;
+            };
+            p.at(
+                raw.routes[i].span(),
+                format!("routes[{i}]"),
+                format!(
+                    "'{}' is served by the gateway's built-in {}; remove this route or turn \
+                     the built-in off ([keys_api] / [dashboard] enabled = false)",
+                    a.template,
+                    kind.name()
+                ),
+            );
+        }
+    }
+
     // matchit's own refusals (`/a/{x}` next to `/a/{y}`, malformed parameters) are found by
     // building the table, from the routes whose paths passed the checks above, so that they
     // are reported together with every other problem.
-    let (index, kept): (Vec<usize>, Vec<Route>) = routes
+    let (index, mut kept): (Vec<usize>, Vec<Route>) = routes
         .into_iter()
         .enumerate()
         .filter(|(i, _)| path_ok[*i])
         .unzip();
+    kept.extend(builtins);
     let table = match RouteTable::build(kept) {
         Ok(table) => Some(table),
         Err(errors) => {
             for (j, message) in errors {
-                let i = index[j];
-                p.at(
-                    raw.routes[i].get_ref().path.span(),
-                    format!("routes[{i}].path"),
-                    message,
-                );
+                match index.get(j) {
+                    Some(&i) => p.at(
+                        raw.routes[i].get_ref().path.span(),
+                        format!("routes[{i}].path"),
+                        message,
+                    ),
+                    None => p.at(
+                        0..0,
+                        "keys_api",
+                        format!("a configured route collides with a built-in one: {message}"),
+                    ),
+                }
             }
             None
         }
@@ -366,6 +417,11 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             max_token_bytes: raw.auth.max_token_bytes.into_inner(),
             catalog,
         },
+        keys_api: KeysApiSettings {
+            enabled: keys_api_enabled,
+            page_size: *raw.keys_api.page_size.get_ref(),
+        },
+        dashboard,
         upstreams,
         routes,
     })
@@ -566,4 +622,81 @@ fn upstream(
         pool_idle_timeout: Duration::from_secs(raw.pool_idle_timeout_seconds),
         pool_max_idle: raw.pool_max_idle,
     })
+}
+
+/// The routes of the gateway's own endpoints. The keys API requires `org-keys.write` like any
+/// configured route would; the dashboard is static and public (it calls the keys API with the
+/// token its user pastes).
+fn builtin_routes(keys_api: bool, dashboard: bool, catalog: &Catalog) -> Vec<Route> {
+    let keys_scope = ScopeSet::from_names(
+        catalog
+            .resolve(crate::scopes::ORG_KEYS_WRITE)
+            .map(|s| s.to_string()),
+    );
+    let route = |methods: &[Method], template: &str, builtin: Builtin, public: bool| Route {
+        template: Arc::from(template),
+        methods: Methods::List(methods.to_vec()),
+        scopes: if public {
+            ScopeSet::default()
+        } else {
+            keys_scope.clone()
+        },
+        target: Target::Builtin(builtin),
+        public,
+        token_query_param: None,
+        org_param: None,
+        forward_token: false,
+        line: 0,
+    };
+    let mut out = Vec::new();
+    if keys_api {
+        out.push(route(&[Method::GET], "/keys", Builtin::KeysList, false));
+        out.push(route(&[Method::POST], "/keys", Builtin::KeysCreate, false));
+        out.push(route(
+            &[Method::DELETE],
+            "/keys/{key}",
+            Builtin::KeysDelete,
+            false,
+        ));
+    }
+    if dashboard {
+        out.push(route(
+            &[Method::GET],
+            "/dashboard",
+            Builtin::Dashboard,
+            true,
+        ));
+        out.push(route(
+            &[Method::GET],
+            "/dashboard/{asset}",
+            Builtin::Dashboard,
+            true,
+        ));
+    }
+    out
+}
+
+/// Do two templates match the same paths (parameter names aside)?
+fn same_shape(a: &str, b: &str) -> bool {
+    fn shape(t: &str) -> String {
+        let mut out = String::with_capacity(t.len());
+        let mut in_param = false;
+        for c in t.chars() {
+            match c {
+                '{' => {
+                    in_param = true;
+                    out.push('{');
+                }
+                '}' => {
+                    in_param = false;
+                    out.push('}');
+                }
+                '*' if in_param => out.push('*'),
+                _ if in_param => {}
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+    shape(a) == shape(b)
 }

@@ -527,6 +527,26 @@ impl Store {
         Ok(None)
     }
 
+    /// Deletes a key of one organization. A key of another organization is `NotFound`, so
+    /// ids of other organizations cannot be probed.
+    pub fn delete_key_in_org(&self, org: &str, key_id: &str) -> Result<(), StoreError> {
+        if !valid_key_id(key_id) {
+            return Err(StoreError::NotFound(format!("no key '{key_id}'")));
+        }
+        let path = self.org_path(org)?;
+        let _lock = self.lock()?;
+        if !path.exists() {
+            return Err(StoreError::NotFound(format!("no organization '{org}'")));
+        }
+        let mut file = self.read(&path)?;
+        let before = file.keys.len();
+        file.keys.retain(|k| k.id != key_id);
+        if file.keys.len() == before {
+            return Err(StoreError::NotFound(format!("no key '{key_id}'")));
+        }
+        self.write(&path, &file)
+    }
+
     /// Deletes a key wherever it is. Returns the organization it belonged to.
     pub fn delete_key(&self, key_id: &str) -> Result<String, StoreError> {
         if !valid_key_id(key_id) {

@@ -38,11 +38,25 @@ impl Permit {
 #[derive(Debug)]
 pub struct Identity {
     pub key: Arc<Key>,
+    /// The key's scopes narrowed by the token's `scope` claim, when it had one.
+    pub narrowed: Option<ScopeSet>,
     /// Effective scopes, space-separated.
     pub scopes: HeaderValue,
     pub sub: Option<HeaderValue>,
     /// base64url of the end-user claims JSON.
     pub claims: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// The scopes this request may use.
+    pub fn effective(&self) -> &ScopeSet {
+        self.narrowed.as_ref().unwrap_or(&self.key.scopes)
+    }
+
+    /// `sub` as forwarded (percent-encoded), for audit lines.
+    pub fn sub_text(&self) -> Option<&str> {
+        self.sub.as_ref().and_then(|v| v.to_str().ok())
+    }
 }
 
 /// Checks organization, scopes and impersonation for a verified token on `route`.
@@ -103,6 +117,7 @@ pub fn authorize(
     Ok(Permit {
         identity: Some(Identity {
             key,
+            narrowed,
             scopes,
             sub,
             claims,

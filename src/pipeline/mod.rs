@@ -29,18 +29,27 @@ use hyper::body::Incoming;
 pub use authorize::Permit;
 use forward::{Body, ClientSide};
 
-use crate::config::{Lookup, Route};
+use crate::config::{Builtin, Lookup, Route, Target};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Snapshot};
 use crate::keys::KeySet;
 use crate::metrics::method_label;
 
-/// A request that may go upstream, and where.
+/// A request that may proceed, and where to.
 #[derive(Debug)]
 pub struct Decision<'a> {
     pub route: &'a Route,
     pub permit: Permit,
-    pub upstream_uri: Uri,
+    pub action: Action,
+}
+
+/// What an allowed request does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Forward to this upstream (an index into `Config::upstreams`) at this URL.
+    Forward { upstream: usize, uri: Uri },
+    /// Answered by the gateway's own endpoint.
+    Builtin(Builtin),
 }
 
 /// What `decide` concluded, with the route when one matched (for metrics labels and traces).
@@ -107,12 +116,17 @@ pub fn decide<'a>(
             let verified = snapshot.verifier.verify(keys, &found.token, now)?;
             authorize::authorize(route, matched.org, verified, headers)?
         };
-        let upstream = &config.upstreams[route.upstream];
-        let upstream_uri = forward::upstream_uri(upstream, &path, query.as_deref())?;
+        let action = match route.target {
+            Target::Upstream(upstream) => Action::Forward {
+                upstream,
+                uri: forward::upstream_uri(&config.upstreams[upstream], &path, query.as_deref())?,
+            },
+            Target::Builtin(b) => Action::Builtin(b),
+        };
         Ok(Decision {
             route,
             permit,
-            upstream_uri,
+            action,
         })
     })();
     Outcome {
@@ -153,35 +167,51 @@ pub async fn handle(
         Err(e) => (e.into_response().map(Body::Right), Some(e), None),
         Ok(decision) => {
             let route = decision.route;
-            let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            });
-            forward::prepare_headers(
-                &mut parts.headers,
-                &decision.permit,
-                &snapshot.identity,
-                ClientSide {
-                    peer,
-                    proto,
-                    trust_forwarded: snapshot.config.server.trust_forwarded_headers,
-                    host: host.as_ref(),
-                },
-                route.forward_token,
-            );
-            parts.uri = decision.upstream_uri;
-            parts.version = http::Version::HTTP_11;
             let identity = decision
                 .permit
                 .identity
                 .as_ref()
                 .map(|id| (id.key.id.clone(), id.key.org.clone()));
-            let upstream = &snapshot.upstreams[route.upstream];
-            let request = Request::from_parts(parts, body);
-            match forward::send_timed(upstream, request, &gateway.metrics).await {
-                Ok(response) => (response.map(Body::Left), None, identity),
+            let result = match decision.action {
+                Action::Builtin(builtin) => crate::admin::builtin(
+                    &gateway,
+                    &snapshot,
+                    builtin,
+                    decision.permit,
+                    parts,
+                    body,
+                )
+                .await
+                .map(|r| r.map(Body::Right)),
+                Action::Forward { upstream, uri } => {
+                    let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
+                        parts
+                            .uri
+                            .authority()
+                            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                    });
+                    forward::prepare_headers(
+                        &mut parts.headers,
+                        &decision.permit,
+                        &snapshot.identity,
+                        ClientSide {
+                            peer,
+                            proto,
+                            trust_forwarded: snapshot.config.server.trust_forwarded_headers,
+                            host: host.as_ref(),
+                        },
+                        route.forward_token,
+                    );
+                    parts.uri = uri;
+                    parts.version = http::Version::HTTP_11;
+                    let request = Request::from_parts(parts, body);
+                    forward::send_timed(&snapshot.upstreams[upstream], request, &gateway.metrics)
+                        .await
+                        .map(|r| r.map(Body::Left))
+                }
+            };
+            match result {
+                Ok(response) => (response, None, identity),
                 Err(e) => (e.into_response().map(Body::Right), Some(e), identity),
             }
         }
@@ -309,8 +339,11 @@ mod tests {
         let decision = out.result.unwrap();
         assert_eq!(&*decision.route.template, "/machines/{machine}");
         assert_eq!(
-            decision.upstream_uri,
-            "http://127.0.0.1:9/base/machines/m1?x=1"
+            decision.action,
+            Action::Forward {
+                upstream: 0,
+                uri: "http://127.0.0.1:9/base/machines/m1?x=1".parse().unwrap()
+            }
         );
         let id = decision.permit.identity.unwrap();
         assert_eq!(&*id.key.org, "org_a");
@@ -336,8 +369,11 @@ mod tests {
             now_seconds(),
         );
         assert_eq!(
-            out.result.unwrap().upstream_uri,
-            "http://127.0.0.1:9/base/rt?a=1"
+            out.result.unwrap().action,
+            Action::Forward {
+                upstream: 0,
+                uri: "http://127.0.0.1:9/base/rt?a=1".parse().unwrap()
+            }
         );
     }
 

@@ -74,7 +74,12 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
     };
     let grace = config.server.shutdown_grace;
     let header_timeout = config.server.header_read_timeout;
-    let gateway = Gateway::new(Snapshot::build(Arc::new(config), None), keys, metrics);
+    let gateway = Gateway::new(
+        Snapshot::build(Arc::new(config), None),
+        key_files,
+        keys,
+        metrics,
+    );
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_rest, rest_rx) = watch::channel(false);
 
@@ -117,7 +122,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         }
         None => None,
     };
-    let reloader = reload::Reloader::new(gateway.clone(), config_path, key_files);
+    let reloader = reload::Reloader::new(gateway.clone(), config_path);
     rest.push(tokio::spawn(reloader.run(rest_rx)));
     gateway.set_ready();
     tracing::info!(%addr, admin = ?admin_addr, "scopegate is serving");

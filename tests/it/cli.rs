@@ -727,6 +727,39 @@ fn check_prints_the_route_table() {
             ],
             vec!["POST", "/machines", "machines.write", "main"],
             vec!["GET", "/status", "(public)", "main"],
+            // The gateway's own endpoints come last.
+            vec![
+                "GET",
+                "/keys",
+                "org-keys.write",
+                "(built-in",
+                "keys",
+                "API)"
+            ],
+            vec![
+                "POST",
+                "/keys",
+                "org-keys.write",
+                "(built-in",
+                "keys",
+                "API)"
+            ],
+            vec![
+                "DELETE",
+                "/keys/{key}",
+                "org-keys.write",
+                "(built-in",
+                "keys",
+                "API)"
+            ],
+            vec!["GET", "/dashboard", "(public)", "(built-in", "dashboard)"],
+            vec![
+                "GET",
+                "/dashboard/{asset}",
+                "(public)",
+                "(built-in",
+                "dashboard)"
+            ],
         ]
     );
 }

@@ -162,7 +162,7 @@ async fn token_scope_claim_narrows_the_key() {
         200
     );
     assert_eq!(up.last().header("x-scopegate-scopes"), Some("state.read"));
-    gw.get("/keys")
+    gw.get("/org-admin")
         .bearer(&grab)
         .send()
         .await
@@ -174,10 +174,13 @@ async fn org_keys_write_alias_is_the_same_scope() {
     let up = RecordingUpstream::start().await;
     let gw = TestGateway::builder().spawn(&up).await;
     let key = gw.key(&["org.keys.write"]).await;
-    let res = gw.get("/keys").bearer(&mint(&key).sign()).send().await;
+    let res = gw.get("/org-admin").bearer(&mint(&key).sign()).send().await;
     assert_eq!(res.status, 200, "{}", res.text());
     let narrowed = mint(&key).claim("scope", json!("org.keys.write")).sign();
-    assert_eq!(gw.get("/keys").bearer(&narrowed).send().await.status, 200);
+    assert_eq!(
+        gw.get("/org-admin").bearer(&narrowed).send().await.status,
+        200
+    );
 }
 
 #[tokio::test]

@@ -98,7 +98,7 @@ upstream = "main"
 
 [[routes]]
 methods = ["GET"]
-path = "/keys"
+path = "/org-admin"
 scopes = ["org-keys.write"]
 upstream = "main"
 "#;
