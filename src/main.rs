@@ -25,34 +25,31 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("starting the tokio runtime")
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let flag = cli.config.as_deref();
     match &cli.command {
         Command::Serve => {
             init_tracing("info");
             let path = scopegate::config::config_path(flag);
-            runtime().block_on(scopegate::server::serve(path))
+            runtime().block_on(scopegate::server::serve(path))?;
         }
         Command::Demo => {
             init_tracing("warn,scopegate=info");
-            runtime().block_on(cli::demo::run())
+            runtime().block_on(cli::demo::run())?;
         }
         Command::Check => {
             init_tracing("warn");
             let (output, ok) = cli::check(flag)?;
             output.print(cli.json);
             anyhow::ensure!(ok, "the key folder has problems (listed above)");
-            Ok(())
         }
         Command::Orgs(cmd) => {
             let (_, config) = cli::load_config(flag)?;
             cli::orgs(&config, cmd)?.print(cli.json);
-            Ok(())
         }
         Command::Keys(cmd) => {
             let (_, config) = cli::load_config(flag)?;
             cli::keys(&config, cmd)?.print(cli.json);
-            Ok(())
         }
         Command::Tokens(cmd) => {
             // Signing needs no config; when there is one it supplies defaults (the audience),
@@ -64,14 +61,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None
             };
             cli::tokens(config.as_ref(), cmd)?.print(cli.json);
-            Ok(())
+        }
+        Command::Explain(args) => {
+            init_tracing("error");
+            // 0 allow, 1 deny: anything that prevents an answer is 2.
+            let (output, allowed) = match cli::explain(flag, args) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            output.print(cli.json);
+            if !allowed {
+                return Ok(ExitCode::from(1));
+            }
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -51,6 +51,24 @@ pub enum Command {
     /// Make tokens the way State Backed's token library does.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Show how the gateway would decide a request, step by step, without any network call.
+    /// Exits 0 when the request would be allowed, 1 when refused.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The bearer token (also read from $SCOPEGATE_TOKEN, which keeps it out of shell history).
+    #[arg(long, env = "SCOPEGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The request path, with its query if any: /machines/m/i/i?x=1
+    #[arg(long)]
+    pub path: String,
+    /// Extra request headers, like `--header 'x-statebacked-org-id: org_…'` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -480,5 +498,98 @@ pub fn check(flag: Option<&Path>) -> anyhow::Result<(Output, bool)> {
             warning,
         },
         true,
+    ))
+}
+
+/// `scopegate explain`: the same `decide` that `serve` runs, with every step printed. The
+/// flag is whether the request would be allowed.
+pub fn explain(flag: Option<&Path>, args: &ExplainArgs) -> anyhow::Result<(Output, bool)> {
+    use crate::pipeline::trace::Steps;
+    use crate::pipeline::{decide_traced, Action};
+
+    let (_, config) = load_config(flag)?;
+    let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .with_context(|| format!("{:?} is not an HTTP method", args.method))?;
+    let uri: http::Uri = args
+        .path
+        .parse()
+        .with_context(|| format!("{:?} is not a request path", args.path))?;
+    anyhow::ensure!(
+        uri.scheme().is_none() && args.path.starts_with('/'),
+        "--path takes a path like /machines/m1, not a URL"
+    );
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("--header {h:?} must look like 'name: value'"))?;
+        headers.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("{name:?} is not a header name"))?,
+            http::HeaderValue::from_str(value.trim())
+                .with_context(|| format!("{value:?} is not a header value"))?,
+        );
+    }
+    if let Some(token) = &args.token {
+        headers.append(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the token contains characters a header cannot carry")?,
+        );
+    }
+    let metrics = crate::metrics::Metrics::new();
+    let (_, keys) = crate::reload::initial_keys(&config.keys, &config.auth.catalog, &metrics);
+    let snapshot = crate::gateway::Snapshot::build(std::sync::Arc::new(config), None);
+    let mut steps = Steps::default();
+    let now = crate::pipeline::now_seconds();
+    let outcome = decide_traced(&snapshot, &keys, &method, &uri, &headers, now, &mut steps);
+    let (allowed, status, code, reason, detail) = match &outcome.result {
+        Ok(decision) => {
+            let detail = match &decision.action {
+                Action::Forward { upstream, uri } => format!(
+                    "forwarded to upstream {} as {uri}",
+                    snapshot.config.upstreams[*upstream].name
+                ),
+                Action::Builtin(b) => format!("answered by the built-in {}", b.name()),
+            };
+            (true, None, None, None, detail)
+        }
+        Err(e) => (
+            false,
+            Some(e.status().as_u16()),
+            Some(e.code()),
+            Some(e.reason()),
+            format!("{} {} ({})", e.status().as_u16(), e.code(), e.reason()),
+        ),
+    };
+    steps.0.push((
+        "decision",
+        if allowed {
+            format!("allow: {detail}")
+        } else {
+            format!("deny: {detail}")
+        },
+    ));
+    let width = steps.0.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let mut text = format!("{} {}\n", method, args.path);
+    for (name, detail) in &steps.0 {
+        text.push_str(&format!("  {name:width$}  {detail}\n"));
+    }
+    let json = json!({
+        "method": method.as_str(),
+        "path": args.path,
+        "allow": allowed,
+        "status": status,
+        "code": code,
+        "reason": reason,
+        "steps": steps.0.iter().map(|(step, detail)| json!({"step": step, "detail": detail})).collect::<Vec<_>>(),
+    });
+    Ok((
+        Output {
+            text,
+            json,
+            warning: None,
+        },
+        allowed,
     ))
 }

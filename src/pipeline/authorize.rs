@@ -9,6 +9,7 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
+use super::trace::Trace;
 use super::verify::Verified;
 use crate::config::Route;
 use crate::error::GatewayError;
@@ -66,17 +67,35 @@ pub fn authorize(
     verified: Verified,
     headers: &HeaderMap,
 ) -> Result<Permit, GatewayError> {
+    authorize_traced(route, org_param, verified, headers, &mut ())
+}
+
+/// [`authorize`], reporting each check to `trace`.
+pub fn authorize_traced(
+    route: &Route,
+    org_param: Option<&str>,
+    verified: Verified,
+    headers: &HeaderMap,
+    trace: &mut impl Trace,
+) -> Result<Permit, GatewayError> {
     let key = verified.key;
     // The organization is the key's, never the client's: any client-sent claim to another
     // organization is refused rather than ignored, so mistakes surface.
-    if org_param.is_some_and(|org| org != &*key.org) {
+    if let Some(org) = org_param.filter(|org| *org != &*key.org) {
+        trace.step("organization", || {
+            format!("the path names {org}, the key belongs to {}", key.org)
+        });
         return Err(GatewayError::WrongOrg);
     }
     for value in headers.get_all(ORG_HEADER) {
         if value.as_bytes() != key.org.as_bytes() {
+            trace.step("organization", || {
+                format!("{ORG_HEADER} is not the key's organization {}", key.org)
+            });
             return Err(GatewayError::WrongOrg);
         }
     }
+    trace.step("organization", || format!("{} (the key's)", key.org));
 
     let narrowed = verified
         .claims
@@ -84,7 +103,26 @@ pub fn authorize(
         .as_ref()
         .map(|s| key.scopes.intersect(s));
     let effective: &ScopeSet = narrowed.as_ref().unwrap_or(&key.scopes);
+    trace.step("effective", || match &verified.claims.scope {
+        None => format!(
+            "{} (the key's; the token has no scope claim)",
+            effective.joined()
+        ),
+        Some(claim) => format!(
+            "{} (the key's {} narrowed by the token's scope claim {})",
+            effective.joined(),
+            key.scopes.joined(),
+            claim.joined()
+        ),
+    });
     let missing: Vec<&str> = route.scopes.missing_from(effective).collect();
+    trace.step("missing", || {
+        if missing.is_empty() {
+            "none".to_owned()
+        } else {
+            missing.join(" ")
+        }
+    });
     if !missing.is_empty() {
         return Err(GatewayError::MissingScope {
             missing: missing.join(" "),
@@ -97,8 +135,12 @@ pub fn authorize(
         // Only a key that could mint itself a key may speak for an end user: it could sign
         // such a token anyway.
         if !effective.contains(ORG_KEYS_WRITE) {
+            trace.step("act", || {
+                format!("{ACT_HEADER} needs {ORG_KEYS_WRITE}: refused")
+            });
             return Err(GatewayError::ImpersonationDenied);
         }
+        trace.step("act", || format!("acting for an end user ({ACT_HEADER})"));
         if act_headers.next().is_some() || value.len() > MAX_ACT_HEADER_BYTES {
             return Err(GatewayError::BadActHeader);
         }

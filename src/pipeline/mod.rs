@@ -17,6 +17,7 @@ pub mod authorize;
 pub mod forward;
 pub mod path;
 pub mod token;
+pub mod trace;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use hyper::body::Incoming;
 
 pub use authorize::Permit;
 use forward::{Body, ClientSide};
+use trace::Trace;
 
 use crate::config::{Builtin, Lookup, Route, Target};
 use crate::error::GatewayError;
@@ -68,34 +70,81 @@ pub fn decide<'a>(
     headers: &HeaderMap,
     now: u64,
 ) -> Outcome<'a> {
+    decide_traced(snapshot, keys, method, uri, headers, now, &mut ())
+}
+
+/// [`decide`], reporting every step to `trace` (`scopegate explain`).
+pub fn decide_traced<'a>(
+    snapshot: &'a Snapshot,
+    keys: &KeySet,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    now: u64,
+    trace: &mut impl Trace,
+) -> Outcome<'a> {
     let config = &snapshot.config;
     let path = match path::normalize(uri.path()) {
         Ok(p) => p,
         Err(path::AmbiguousPath) => {
+            trace.step("path", || format!("{} is ambiguous: refused", uri.path()));
             return Outcome {
                 route: None,
                 result: Err(GatewayError::BadPath),
-            }
+            };
         }
     };
+    trace.step("path", || {
+        if path == uri.path() {
+            format!("{path} (already normal)")
+        } else {
+            format!("{} → {path}", uri.path())
+        }
+    });
     let matched = match config.routes.lookup(method, &path) {
         Ok(m) => m,
         Err(Lookup::NotFound) => {
+            trace.step("route", || "no route matches this path".to_owned());
             return Outcome {
                 route: None,
                 result: Err(GatewayError::NotFound),
-            }
+            };
         }
         Err(Lookup::MethodNotAllowed { allow }) => {
+            trace.step("route", || {
+                format!("the path matches, {method} does not (Allow: {allow})")
+            });
             return Outcome {
                 route: None,
                 result: Err(GatewayError::MethodNotAllowed {
                     allow: allow.to_owned(),
                 }),
-            }
+            };
         }
     };
     let route = matched.route;
+    trace.step("route", || {
+        let line = if route.line > 0 {
+            format!(" (line {})", route.line)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} {}{line} → {}",
+            route.methods.names().join(","),
+            route.template,
+            config.target_name(route)
+        )
+    });
+    trace.step("required", || {
+        if route.public {
+            "nothing: a public route".to_owned()
+        } else if route.scopes.is_empty() {
+            "any valid token".to_owned()
+        } else {
+            route.scopes.joined()
+        }
+    });
     let result = (|| {
         let (query_token, query) = match &route.token_query_param {
             None => (Ok(None), uri.query().map(std::borrow::Cow::Borrowed)),
@@ -112,9 +161,21 @@ pub fn decide<'a>(
         let permit = if route.public {
             Permit::public()
         } else {
-            let found = token::find(headers, query_token)?;
-            let verified = snapshot.verifier.verify(keys, &found.token, now)?;
-            authorize::authorize(route, matched.org, verified, headers)?
+            let found = token::find(headers, query_token).inspect_err(|e| {
+                trace.step("token", || format!("refused ({})", e.reason()));
+            })?;
+            trace.step("token", || {
+                let from = if found.from_query {
+                    "the query parameter"
+                } else {
+                    "the Authorization header"
+                };
+                format!("from {from}, {} bytes", found.token.len())
+            });
+            let verified = snapshot
+                .verifier
+                .verify_traced(keys, &found.token, now, trace)?;
+            authorize::authorize_traced(route, matched.org, verified, headers, trace)?
         };
         let action = match route.target {
             Target::Upstream(upstream) => Action::Forward {

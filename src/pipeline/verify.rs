@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::trace::Trace;
 use crate::config::AuthSettings;
 use crate::error::{GatewayError, TokenFault};
 use crate::keys::{Key, KeySet};
@@ -46,6 +47,12 @@ pub struct Claims {
     pub scope: Option<ScopeSet>,
     #[serde(default)]
     pub iat: Option<Value>,
+    #[serde(default)]
+    pub exp: Option<Value>,
+    #[serde(default)]
+    pub nbf: Option<Value>,
+    #[serde(default)]
+    pub aud: Option<Value>,
     #[serde(default)]
     pub sub: Option<Value>,
 }
@@ -99,9 +106,25 @@ impl Verifier {
 
     /// Verifies `token` at time `now` (seconds since the epoch).
     pub fn verify(&self, keys: &KeySet, token: &str, now: u64) -> Result<Verified, GatewayError> {
-        let fault = GatewayError::InvalidToken;
+        self.verify_traced(keys, token, now, &mut ())
+    }
+
+    /// [`Verifier::verify`], reporting each check to `trace`.
+    pub fn verify_traced(
+        &self,
+        keys: &KeySet,
+        token: &str,
+        now: u64,
+        trace: &mut impl Trace,
+    ) -> Result<Verified, GatewayError> {
         if token.len() > self.max_token_bytes {
-            return Err(fault(TokenFault::TooLarge));
+            return Err(refuse(trace, TokenFault::TooLarge, || {
+                format!(
+                    "{} bytes, more than the {} allowed",
+                    token.len(),
+                    self.max_token_bytes
+                )
+            }));
         }
         // Compact serialization only: three base64url segments, no padding, no whitespace.
         let well_formed = token.bytes().filter(|&b| b == b'.').count() == 2
@@ -109,40 +132,101 @@ impl Verifier {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !well_formed {
-            return Err(fault(TokenFault::Malformed));
+            return Err(refuse(trace, TokenFault::Malformed, || {
+                "not three base64url segments separated by dots".to_owned()
+            }));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| fault(TokenFault::Malformed))?;
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return Err(refuse(trace, TokenFault::Malformed, || {
+                "the header is not a JSON object with a known alg (\"none\" is never accepted)"
+                    .to_owned()
+            }));
+        };
         if header.jwk.is_some()
             || header.jku.is_some()
             || header.x5u.is_some()
             || header.x5c.is_some()
             || header.crit.is_some()
         {
-            return Err(fault(TokenFault::UnsupportedHeader));
+            return Err(refuse(trace, TokenFault::UnsupportedHeader, || {
+                "the header carries jwk, jku, x5u, x5c or crit".to_owned()
+            }));
         }
-        let kid = header.kid.as_deref().ok_or(fault(TokenFault::UnknownKey))?;
-        let key = keys.get(kid).ok_or(fault(TokenFault::UnknownKey))?;
+        let Some(kid) = header.kid.as_deref() else {
+            return Err(refuse(trace, TokenFault::UnknownKey, || {
+                "the header has no kid".to_owned()
+            }));
+        };
+        let Some(key) = keys.get(kid) else {
+            return Err(refuse(trace, TokenFault::UnknownKey, || {
+                "no loaded key has this kid".to_owned()
+            }));
+        };
+        trace.step("key", || {
+            format!(
+                "{} of {} ({:?}; scopes: {})",
+                key.id,
+                key.org,
+                key.algorithm,
+                key.scopes.joined()
+            )
+        });
         if header.alg != key.algorithm {
-            return Err(fault(TokenFault::AlgorithmMismatch));
+            return Err(refuse(trace, TokenFault::AlgorithmMismatch, || {
+                format!(
+                    "header alg {:?} is not the key's {:?}",
+                    header.alg, key.algorithm
+                )
+            }));
         }
-        let validation = self
-            .validation(key.algorithm)
-            .ok_or(fault(TokenFault::AlgorithmMismatch))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
-            .map_err(|e| fault(classify(e.kind())))?;
-        let claims = data.claims;
+        let Some(validation) = self.validation(key.algorithm) else {
+            return Err(refuse(trace, TokenFault::AlgorithmMismatch, || {
+                "not an HMAC algorithm".to_owned()
+            }));
+        };
+        let claims = match jsonwebtoken::decode::<Claims>(token, &key.decoding, validation) {
+            Ok(data) => data.claims,
+            Err(e) => {
+                let fault = classify(e.kind());
+                return Err(refuse(trace, fault, || e.to_string()));
+            }
+        };
         if let Some(iat) = &claims.iat {
-            let iat = iat.as_f64().ok_or(fault(TokenFault::BadClaim))?;
+            let Some(iat) = iat.as_f64() else {
+                return Err(refuse(trace, TokenFault::BadClaim, || {
+                    "iat is not a number".to_owned()
+                }));
+            };
             if iat > (now + self.leeway) as f64 {
-                return Err(fault(TokenFault::IssuedInFuture));
+                return Err(refuse(trace, TokenFault::IssuedInFuture, || {
+                    "iat is in the future beyond the leeway".to_owned()
+                }));
             }
         }
+        trace.step("verify", || {
+            let show = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), Value::to_string);
+            format!(
+                "signature ok; exp {} nbf {} iat {} (now {now}, leeway {} s); aud {} ok",
+                show(&claims.exp),
+                show(&claims.nbf),
+                show(&claims.iat),
+                self.leeway,
+                show(&claims.aud)
+            )
+        });
         Ok(Verified {
             key: key.clone(),
             claims,
         })
     }
+}
+
+/// Records why a token was refused (only when traced) and returns the error.
+fn refuse(trace: &mut impl Trace, fault: TokenFault, why: impl FnOnce() -> String) -> GatewayError {
+    trace.step("verify", || {
+        format!("refused ({}): {}", fault.reason(), why())
+    });
+    GatewayError::InvalidToken(fault)
 }
 
 fn classify(kind: &ErrorKind) -> TokenFault {

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod config_examples;
 mod errors;
+mod explain;
 mod forwarding;
 mod identity;
 mod reload;
