@@ -129,7 +129,16 @@ fn each_reason_to_deny_is_explained() {
     let e = env(&["machines.read", "org-members.write"]);
     let good = mint(&e.key).sign();
     let t = now();
-    let cases: Vec<(&str, &str, Option<String>, Vec<&str>, &str, &str)> = vec![
+    // (method, path, token, headers, the step that refuses, the decision line)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<String>,
+        Vec<&'a str>,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/machines/m1/i/i1",
