@@ -81,6 +81,8 @@ pub enum GatewayError {
     },
     /// The request body is larger than a built-in endpoint accepts.
     PayloadTooLarge,
+    /// The request target is longer than `max_uri_bytes`.
+    UriTooLong,
     /// We broke (the key store could not be written): 500, details in the log only.
     Internal,
 }
@@ -101,6 +103,7 @@ impl GatewayError {
             GatewayError::KeyNotFound => StatusCode::NOT_FOUND,
             GatewayError::ScopeEscalation { .. } => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,6 +126,7 @@ impl GatewayError {
             GatewayError::KeyNotFound => "not-found",
             GatewayError::ScopeEscalation { .. } => "missing-scope",
             GatewayError::PayloadTooLarge => "payload-too-large",
+            GatewayError::UriTooLong => "uri-too-long",
             GatewayError::Internal => "internal-error",
         }
     }
@@ -160,6 +164,7 @@ impl GatewayError {
             GatewayError::KeyNotFound => "no such key",
             GatewayError::ScopeEscalation { .. } => "a key cannot grant scopes it does not hold",
             GatewayError::PayloadTooLarge => "the request body is too large",
+            GatewayError::UriTooLong => "the request target is too long",
             GatewayError::Internal => "internal error",
         };
         text.into()
@@ -223,6 +228,7 @@ impl GatewayError {
             | GatewayError::ScopeEscalation { .. }
             | GatewayError::KeyNotFound
             | GatewayError::PayloadTooLarge
+            | GatewayError::UriTooLong
             | GatewayError::Internal => {}
         }
         response

@@ -55,6 +55,8 @@ pub struct Gateway {
     /// The key folder as last read. The reloader and the keys API both rescan through it, so
     /// a key the API just wrote is live before the API answers.
     key_files: Mutex<KeyFiles>,
+    /// The certificate served to new TLS handshakes, when the main listener terminates TLS.
+    tls: arc_swap::ArcSwapOption<crate::server::tls::CertResolver>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -73,6 +75,7 @@ impl Gateway {
             keys: ArcSwap::from_pointee(keys),
             metrics,
             key_files: Mutex::new(key_files),
+            tls: arc_swap::ArcSwapOption::empty(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -89,6 +92,15 @@ impl Gateway {
 
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn set_tls(&self, resolver: Option<Arc<crate::server::tls::CertResolver>>) {
+        self.tls.store(resolver);
+    }
+
+    /// The certificate resolver of the main listener, if it terminates TLS.
+    pub fn tls(&self) -> Option<Arc<crate::server::tls::CertResolver>> {
+        self.tls.load_full()
     }
 
     pub fn key_files(&self) -> MutexGuard<'_, KeyFiles> {

@@ -223,6 +223,7 @@ pub struct Reloader {
     events: mpsc::UnboundedReceiver<()>,
     watched: Vec<PathBuf>,
     hangups: Option<tokio::signal::unix::Signal>,
+    certificate: CertificateFiles,
 }
 
 impl Reloader {
@@ -255,14 +256,18 @@ impl Reloader {
             events,
             watched: Vec::new(),
             hangups,
+            certificate: CertificateFiles::default(),
         };
         let keys_dir = reloader.gateway.key_files().dir().to_owned();
         rewatch(
             &mut reloader.watcher,
             &mut reloader.watched,
             &reloader.config_path,
-            &keys_dir,
+            &[keys_dir],
         );
+        if let Some(t) = &reloader.gateway.snapshot.load().config.server.tls {
+            reloader.certificate.check(&reloader.gateway, t);
+        }
         reloader
     }
 
@@ -301,13 +306,16 @@ impl Reloader {
             }
             // A reloaded config may have moved the key folder: watch it and look at once.
             let keys_dir = gateway.key_files().dir().to_owned();
-            look_now = rewatch(
-                &mut self.watcher,
-                &mut self.watched,
-                &self.config_path,
-                &keys_dir,
-            );
+            let tls_files = gateway.snapshot.load().config.server.tls.clone();
+            let mut dirs = vec![keys_dir];
+            if let Some(t) = &tls_files {
+                dirs.extend([&t.cert, &t.key].iter().filter_map(|p| p.parent()).map(Path::to_owned));
+            }
+            look_now = rewatch(&mut self.watcher, &mut self.watched, &self.config_path, &dirs);
             gateway.rescan_keys();
+            if let Some(t) = &tls_files {
+                self.certificate.check(&gateway, t);
+            }
         }
     }
 }
@@ -365,7 +373,7 @@ fn rewatch(
     watcher: &mut Option<notify::RecommendedWatcher>,
     watched: &mut Vec<PathBuf>,
     config_path: &Path,
-    keys_dir: &Path,
+    dirs: &[PathBuf],
 ) -> bool {
     let Some(w) = watcher.as_mut() else {
         return false;
@@ -374,7 +382,12 @@ fn rewatch(
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let wanted = [config_dir, keys_dir.to_owned()];
+    let mut wanted = vec![config_dir];
+    for d in dirs {
+        if !wanted.contains(d) {
+            wanted.push(d.clone());
+        }
+    }
     if watched.as_slice() == wanted.as_slice() {
         return false;
     }
@@ -386,6 +399,52 @@ fn rewatch(
             tracing::debug!(path = %p.display(), error = %e, "cannot watch; polling covers it");
         }
     }
-    *watched = wanted.to_vec();
+    *watched = wanted;
     true
+}
+
+/// The TLS certificate files as last loaded: a change to either file (a rename, a write, a
+/// Kubernetes symlink swap) loads the pair again; a bad pair keeps serving the old one.
+#[derive(Default)]
+struct CertificateFiles {
+    seen: Option<(Option<Fingerprint>, Option<Fingerprint>)>,
+}
+
+impl CertificateFiles {
+    fn check(&mut self, gateway: &Gateway, files: &crate::config::TlsSettings) {
+        let Some(resolver) = gateway.tls() else {
+            // TLS was turned on in a reloaded config: that takes a restart.
+            return;
+        };
+        // Fingerprints are taken before reading, so a file replaced mid-load is read again.
+        let now = (
+            store::fingerprint(&files.cert).ok(),
+            store::fingerprint(&files.key).ok(),
+        );
+        let Some(seen) = self.seen else {
+            // The pair loaded at startup is the baseline.
+            self.seen = Some(now);
+            return;
+        };
+        if seen == now {
+            return;
+        }
+        self.seen = Some(now);
+        match crate::server::tls::load_pair(&files.cert, &files.key) {
+            Ok(pair) => {
+                resolver.replace(pair);
+                ReloadOutcome::Applied {
+                    kind: "tls",
+                    source: &files.cert,
+                }
+                .emit(&gateway.metrics);
+            }
+            Err(e) => ReloadOutcome::Rejected {
+                kind: "tls",
+                source: &files.cert,
+                reason: e.to_string(),
+            }
+            .emit(&gateway.metrics),
+        }
+    }
 }

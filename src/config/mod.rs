@@ -49,6 +49,17 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
     pub trust_forwarded_headers: bool,
+    pub tls: Option<TlsSettings>,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+}
+
+/// Certificate chain and private key files (PEM), resolved against the config's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_SECONDS: u64 = 90;
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
 pub const DEFAULT_KEYS_PAGE_SIZE: usize = 100;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +61,21 @@ pub struct RawServer {
     pub trust_forwarded_headers: bool,
     /// Forward the bearer token upstream on every route (routes may override).
     pub forward_token: bool,
+    /// Terminate TLS with this certificate chain and key (PEM), reloaded when they change.
+    pub tls: Option<RawTls>,
+    /// Connections served at once; beyond it the gateway stops accepting until one closes.
+    pub max_connections: Spanned<usize>,
+    /// Request head (request line + headers) larger than this → 431.
+    pub max_header_bytes: Spanned<usize>,
+    /// Request target longer than this → 414.
+    pub max_uri_bytes: Spanned<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 impl Default for RawServer {
@@ -69,6 +87,10 @@ impl Default for RawServer {
             header_read_timeout_seconds: DEFAULT_HEADER_READ_TIMEOUT_SECONDS,
             trust_forwarded_headers: false,
             forward_token: false,
+            tls: None,
+            max_connections: Spanned::new(0..0, DEFAULT_MAX_CONNECTIONS),
+            max_header_bytes: Spanned::new(0..0, DEFAULT_MAX_HEADER_BYTES),
+            max_uri_bytes: Spanned::new(0..0, DEFAULT_MAX_URI_BYTES),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::raw::RawConfig;
 use super::routes::{Builtin, Methods, Route, RouteTable, Target};
 use super::{
     line_of, AdminSettings, AuthSettings, Config, ConfigError, KeySettings, KeysApiSettings,
-    Problem, ServerSettings, UpstreamSettings,
+    Problem, ServerSettings, TlsSettings, UpstreamSettings,
 };
 use crate::scopes::{Catalog, ScopeSet};
 
@@ -305,6 +305,24 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
         }
     }
 
+    for (value, field, min, max) in [
+        (&raw.server.max_connections, "server.max_connections", 1, 1_000_000),
+        // hyper cannot read a head in less than 8 KiB of buffer.
+        (&raw.server.max_header_bytes, "server.max_header_bytes", 8 * 1024, 1024 * 1024),
+        (&raw.server.max_uri_bytes, "server.max_uri_bytes", 256, 64 * 1024),
+    ] {
+        if !(min..=max).contains(value.get_ref()) {
+            p.at(value.span(), field, format!("must be between {min} and {max}"));
+        }
+    }
+    if let Some(tls) = &raw.server.tls {
+        for (value, field) in [(&tls.cert, "server.tls.cert"), (&tls.key, "server.tls.key")] {
+            if value.get_ref().trim().is_empty() {
+                p.at(value.span(), field, "must name a PEM file");
+            }
+        }
+    }
+
     // The gateway's own endpoints take their paths first; a configured route on the same
     // path and method would never be reached, so it is a mistake worth a clear message.
     let keys_api_enabled = raw.keys_api.enabled;
@@ -404,6 +422,13 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds),
             header_read_timeout: Duration::from_secs(raw.server.header_read_timeout_seconds.max(1)),
             trust_forwarded_headers: raw.server.trust_forwarded_headers,
+            tls: raw.server.tls.as_ref().map(|t| TlsSettings {
+                cert: base.join(t.cert.get_ref()),
+                key: base.join(t.key.get_ref()),
+            }),
+            max_connections: *raw.server.max_connections.get_ref(),
+            max_header_bytes: *raw.server.max_header_bytes.get_ref(),
+            max_uri_bytes: *raw.server.max_uri_bytes.get_ref(),
         },
         admin,
         keys: KeySettings {

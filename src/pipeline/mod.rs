@@ -84,6 +84,19 @@ pub fn decide_traced<'a>(
     trace: &mut impl Trace,
 ) -> Outcome<'a> {
     let config = &snapshot.config;
+    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > config.server.max_uri_bytes {
+        trace.step("path", || {
+            format!(
+                "{target_len} bytes, more than max_uri_bytes = {}",
+                config.server.max_uri_bytes
+            )
+        });
+        return Outcome {
+            route: None,
+            result: Err(GatewayError::UriTooLong),
+        };
+    }
     let path = match path::normalize(uri.path()) {
         Ok(p) => p,
         Err(path::AmbiguousPath) => {

@@ -1,9 +1,15 @@
-//! Listeners: the accept loops of the main and admin ports, and graceful shutdown.
+//! Listeners: the accept loops of the main and admin ports, TLS, and graceful shutdown.
 //!
 //! [`start`] takes a loaded config and binds its listeners (port 0 works, for tests), spawns
 //! the reloader, and returns a [`Running`] handle. Shutdown stops accepting at once, turns
 //! `/readyz` unready, lets in-flight requests finish up to the configured grace period, then
 //! closes what is left.
+//!
+//! Each connection is HTTP/1.1 or HTTP/2 (by ALPN under TLS, by the client preface in clear
+//! text: h2c with prior knowledge). At most `max_connections` are served at once; beyond that
+//! the accept loop waits for one to close, and new clients queue in the kernel's backlog.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -72,8 +78,15 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         ),
         None => None,
     };
-    let grace = config.server.shutdown_grace;
-    let header_timeout = config.server.header_read_timeout;
+    let limits = Limits::of(&config);
+    let tls = match &config.server.tls {
+        Some(t) => {
+            let pair = tls::load_pair(&t.cert, &t.key)
+                .with_context(|| "loading the TLS certificate and key".to_string())?;
+            Some(Arc::new(tls::CertResolver::new(pair)))
+        }
+        None => None,
+    };
     let gateway = Gateway::new(
         Snapshot::build(Arc::new(config), None),
         key_files,
@@ -85,17 +98,19 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
 
     let addr = listener.local_addr()?;
     let gw = gateway.clone();
+    gateway.set_tls(tls.clone());
+    let acceptor = tls.map(|r| tokio_rustls::TlsAcceptor::from(tls::server_config(r)));
     let main = tokio::spawn(accept_loop(
         listener,
+        acceptor,
         main_rx,
-        grace,
-        header_timeout,
+        limits,
         Some(gw.clone()),
-        move |peer| {
+        move |peer, proto| {
             let gw = gw.clone();
             service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(pipeline::handle(gw, req, peer, "http").await) }
+                async move { Ok::<_, Infallible>(pipeline::handle(gw, req, peer, proto).await) }
             })
         },
     ));
@@ -106,11 +121,11 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
             let gw = gateway.clone();
             rest.push(tokio::spawn(accept_loop(
                 l,
-                rest_rx.clone(),
-                grace,
-                header_timeout,
                 None,
-                move |_peer| {
+                rest_rx.clone(),
+                limits,
+                None,
+                move |_peer, _proto| {
                     let gw = gw.clone();
                     service_fn(move |req| {
                         let gw = gw.clone();
@@ -157,15 +172,35 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn accept_loop<F, S, B>(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+/// The connection-level limits of a listener.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     grace: Duration,
     header_timeout: Duration,
+    max_connections: usize,
+    max_header_bytes: usize,
+}
+
+impl Limits {
+    fn of(config: &Config) -> Self {
+        Limits {
+            grace: config.server.shutdown_grace,
+            header_timeout: config.server.header_read_timeout,
+            max_connections: config.server.max_connections,
+            max_header_bytes: config.server.max_header_bytes,
+        }
+    }
+}
+
+async fn accept_loop<F, S, B>(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
     counted: Option<Arc<Gateway>>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, &'static str) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
@@ -181,13 +216,28 @@ async fn accept_loop<F, S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        // Also bounds how long an idle keep-alive connection waits for its next request.
+        .header_read_timeout(limits.header_timeout)
+        // A head that does not fit is answered 431 by hyper.
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    let proto = if acceptor.is_some() { "https" } else { "http" };
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     // Every connection's task, so the ones still running after the grace period can be cut.
     let mut connections = tokio::task::JoinSet::new();
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.changed() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
@@ -202,13 +252,40 @@ async fn accept_loop<F, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let guard = ConnectionGuard::open(counted.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer));
-        let conn = graceful.watch(conn.into_owned());
+        let service = make_service(peer, proto);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
         // Reap finished connections so the set holds only the open ones.
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
             let _guard = guard;
-            if let Err(e) = conn.await {
+            let _slot = slot;
+            let result = match acceptor {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    // The handshake shares the head's deadline: a silent client is dropped.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -216,8 +293,8 @@ async fn accept_loop<F, S, B>(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "grace period over; closing the remaining connections");
+        _ = tokio::time::sleep(limits.grace) => {
+            tracing::warn!(grace = ?limits.grace, "grace period over; closing the remaining connections");
         }
     }
     // Cuts whatever outlived the grace period (a no-op after a complete drain).
