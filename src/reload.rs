@@ -309,9 +309,19 @@ impl Reloader {
             let tls_files = gateway.snapshot.load().config.server.tls.clone();
             let mut dirs = vec![keys_dir];
             if let Some(t) = &tls_files {
-                dirs.extend([&t.cert, &t.key].iter().filter_map(|p| p.parent()).map(Path::to_owned));
+                dirs.extend(
+                    [&t.cert, &t.key]
+                        .iter()
+                        .filter_map(|p| p.parent())
+                        .map(Path::to_owned),
+                );
             }
-            look_now = rewatch(&mut self.watcher, &mut self.watched, &self.config_path, &dirs);
+            look_now = rewatch(
+                &mut self.watcher,
+                &mut self.watched,
+                &self.config_path,
+                &dirs,
+            );
             gateway.rescan_keys();
             if let Some(t) = &tls_files {
                 self.certificate.check(&gateway, t);

@@ -306,13 +306,32 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     }
 
     for (value, field, min, max) in [
-        (&raw.server.max_connections, "server.max_connections", 1, 1_000_000),
+        (
+            &raw.server.max_connections,
+            "server.max_connections",
+            1,
+            1_000_000,
+        ),
         // hyper cannot read a head in less than 8 KiB of buffer.
-        (&raw.server.max_header_bytes, "server.max_header_bytes", 8 * 1024, 1024 * 1024),
-        (&raw.server.max_uri_bytes, "server.max_uri_bytes", 256, 64 * 1024),
+        (
+            &raw.server.max_header_bytes,
+            "server.max_header_bytes",
+            8 * 1024,
+            1024 * 1024,
+        ),
+        (
+            &raw.server.max_uri_bytes,
+            "server.max_uri_bytes",
+            256,
+            64 * 1024,
+        ),
     ] {
         if !(min..=max).contains(value.get_ref()) {
-            p.at(value.span(), field, format!("must be between {min} and {max}"));
+            p.at(
+                value.span(),
+                field,
+                format!("must be between {min} and {max}"),
+            );
         }
     }
     if let Some(tls) = &raw.server.tls {

@@ -263,12 +263,14 @@ async fn accept_loop<F, S, B>(
             let _slot = slot;
             let result = match acceptor {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => {
                     // The handshake shares the head's deadline: a silent client is dropped.
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(tls)) => {
                             let conn =
                                 builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

@@ -47,7 +47,8 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| file_error(key, format!("no usable private key: {e}")))?;
-    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| TlsError::Mismatch(e.to_string()))
+    CertifiedKey::from_der(chain, private, &provider())
+        .map_err(|e| TlsError::Mismatch(e.to_string()))
 }
 
 /// Hands the current certificate to every new handshake.

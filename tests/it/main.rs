@@ -11,3 +11,4 @@ mod identity;
 mod reload;
 mod shutdown;
 mod streaming;
+mod tls;

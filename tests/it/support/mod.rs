@@ -108,12 +108,20 @@ pub struct Builder {
     extra: String,
     upstream_extra: String,
     grace_seconds: u64,
+    server_extra: String,
 }
 
 impl Builder {
     /// `[server] shutdown_grace_seconds` (5 unless set).
     pub fn shutdown_grace(mut self, seconds: u64) -> Self {
         self.grace_seconds = seconds;
+        self
+    }
+
+    /// Extra lines inside `[server]` (e.g. `tls = { cert = "…", key = "…" }`).
+    pub fn server_setting(mut self, line: &str) -> Self {
+        self.server_extra.push_str(line);
+        self.server_extra.push('\n');
         self
     }
 
@@ -139,8 +147,8 @@ impl Builder {
 
     pub fn config_text(&self, upstream: SocketAddr) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"keys\"\npoll_interval_ms = 100\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
-            self.grace_seconds, self.extra, self.upstream_extra, self.routes
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"keys\"\npoll_interval_ms = 100\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
+            self.grace_seconds, self.server_extra, self.extra, self.upstream_extra, self.routes
         )
     }
 
@@ -182,6 +190,7 @@ impl TestGateway {
             extra: String::new(),
             upstream_extra: String::new(),
             grace_seconds: 5,
+            server_extra: String::new(),
         }
     }
 
