@@ -57,6 +57,8 @@ pub struct Gateway {
     key_files: Mutex<KeyFiles>,
     /// The certificate served to new TLS handshakes, when the main listener terminates TLS.
     tls: arc_swap::ArcSwapOption<crate::server::tls::CertResolver>,
+    /// Upgraded connections (WebSockets) being relayed, so a drain can wait for them.
+    tunnels: Mutex<tokio::task::JoinSet<()>>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -76,6 +78,7 @@ impl Gateway {
             metrics,
             key_files: Mutex::new(key_files),
             tls: arc_swap::ArcSwapOption::empty(),
+            tunnels: Mutex::new(tokio::task::JoinSet::new()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -92,6 +95,24 @@ impl Gateway {
 
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Runs a tunnel's relay; a drain waits for it up to the grace period.
+    pub fn spawn_tunnel(&self, relay: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tunnels = self.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        while tunnels.try_join_next().is_some() {}
+        tunnels.spawn(relay);
+    }
+
+    /// Waits for open tunnels to end, up to `deadline`, then cuts the rest.
+    pub async fn close_tunnels(&self, deadline: tokio::time::Instant) {
+        let mut tunnels =
+            std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::time::timeout_at(deadline, async {
+            while tunnels.join_next().await.is_some() {}
+        })
+        .await;
+        tunnels.shutdown().await;
     }
 
     pub fn set_tls(&self, resolver: Option<Arc<crate::server::tls::CertResolver>>) {

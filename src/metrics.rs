@@ -22,6 +22,7 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub key_file_errors: IntGauge,
     pub key_changes: IntCounterVec,
+    pub open_tunnels: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -94,6 +95,11 @@ impl Metrics {
             &["action", "result"],
         )
         .expect("valid metric");
+        let open_tunnels = IntGauge::new(
+            "scopegate_open_tunnels",
+            "Upgraded connections (WebSockets) being relayed now.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "scopegate_build_info",
@@ -117,6 +123,7 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(key_file_errors.clone()),
             Box::new(key_changes.clone()),
+            Box::new(open_tunnels.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -133,6 +140,7 @@ impl Metrics {
             open_connections,
             key_file_errors,
             key_changes,
+            open_tunnels,
         }
     }
 

@@ -81,10 +81,8 @@ impl Upstream {
                     tracing::debug!(upstream = %self.settings.name, error = %e, "upstream request failed");
                     Err(GatewayError::UpstreamUnavailable)
                 }
-                Ok(mut response) => {
-                    strip_hop_by_hop(response.headers_mut());
-                    Ok(response)
-                }
+                // The caller strips hop-by-hop headers: a 101 needs its Upgrade first.
+                Ok(response) => Ok(response),
             },
             () = deadline => Err(GatewayError::UpstreamTimeout),
         }
@@ -310,6 +308,54 @@ pub fn upstream_uri(
         .path_and_query(pq)
         .build()
         .map_err(|_| GatewayError::BadPath)
+}
+
+/// Forwards an authorized request: rewrites its headers, sends it, and — for a protocol
+/// upgrade the upstream accepts — splices the two connections.
+pub async fn forward(
+    gateway: &crate::gateway::Gateway,
+    snapshot: &crate::gateway::Snapshot,
+    (upstream, uri): (usize, Uri),
+    permit: &Permit,
+    keep_authorization: bool,
+    request: Request<Incoming>,
+    client: ClientSide<'_>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let (mut parts, body) = request.into_parts();
+    let upgrade = match parts.version {
+        http::Version::HTTP_11 => super::tunnel::requested(&parts.headers),
+        _ => None,
+    };
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    prepare_headers(
+        &mut parts.headers,
+        permit,
+        &snapshot.identity,
+        client,
+        keep_authorization,
+    );
+    if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
+        super::tunnel::restore(&mut parts.headers, protocol.clone());
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let request = Request::from_parts(parts, body);
+    let mut response = send_timed(&snapshot.upstreams[upstream], request, &gateway.metrics).await?;
+    match client_upgrade {
+        Some(client_upgrade) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let protocol = response.headers().get(header::UPGRADE).cloned();
+            strip_hop_by_hop(response.headers_mut());
+            if let Some(protocol) = protocol {
+                super::tunnel::restore(response.headers_mut(), protocol);
+            }
+            super::tunnel::splice(gateway, client_upgrade, upstream_upgrade);
+        }
+        _ => strip_hop_by_hop(response.headers_mut()),
+    }
+    Ok(response)
 }
 
 /// Times the upstream round trip into the upstream histogram.

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod path;
 pub mod token;
 pub mod trace;
+pub mod tunnel;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -226,7 +227,7 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = gateway.snapshot.load_full();
     let keys = gateway.keys.load_full();
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let method = method_label(&parts.method);
     let outcome = decide(
         &snapshot,
@@ -264,24 +265,23 @@ pub async fn handle(
                             .authority()
                             .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
                     });
-                    forward::prepare_headers(
-                        &mut parts.headers,
+                    let client = ClientSide {
+                        peer,
+                        proto,
+                        trust_forwarded: snapshot.config.server.trust_forwarded_headers,
+                        host: host.as_ref(),
+                    };
+                    forward::forward(
+                        &gateway,
+                        &snapshot,
+                        (upstream, uri),
                         &decision.permit,
-                        &snapshot.identity,
-                        ClientSide {
-                            peer,
-                            proto,
-                            trust_forwarded: snapshot.config.server.trust_forwarded_headers,
-                            host: host.as_ref(),
-                        },
                         route.forward_token,
-                    );
-                    parts.uri = uri;
-                    parts.version = http::Version::HTTP_11;
-                    let request = Request::from_parts(parts, body);
-                    forward::send_timed(&snapshot.upstreams[upstream], request, &gateway.metrics)
-                        .await
-                        .map(|r| r.map(Body::Left))
+                        Request::from_parts(parts, body),
+                        client,
+                    )
+                    .await
+                    .map(|r| r.map(Body::Left))
                 }
             };
             match result {

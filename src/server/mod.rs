@@ -49,9 +49,14 @@ impl Running {
     /// requests get up to the grace period. The admin listener (so a load balancer can watch
     /// `/readyz`) and the reloader stop only once the main listener has drained.
     pub async fn shutdown(self) {
+        let deadline =
+            tokio::time::Instant::now() + self.gateway.snapshot.load().config.server.shutdown_grace;
         self.gateway.start_drain();
         let _ = self.stop_main.send(true);
         let _ = self.main.await;
+        // WebSockets left the HTTP connections they came from: they get what is left of the
+        // same grace period.
+        self.gateway.close_tunnels(deadline).await;
         let _ = self.stop_rest.send(true);
         for t in self.rest {
             let _ = t.await;
