@@ -12,3 +12,4 @@ mod reload;
 mod shutdown;
 mod streaming;
 mod tls;
+mod websocket;
