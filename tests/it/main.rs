@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod config_examples;
+mod dashboard;
 mod errors;
 mod explain;
 mod forwarding;

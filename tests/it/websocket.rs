@@ -25,6 +25,7 @@ struct WsUpstream {
     push: mpsc::UnboundedSender<String>,
 }
 
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
 async fn ws_upstream() -> WsUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
