@@ -219,4 +219,6 @@ pub struct RawRoute {
     pub org_param: Option<Spanned<String>>,
     /// Override `[server] forward_token` for this route.
     pub forward_token: Option<bool>,
+    /// Larger request bodies get 413 (checked on Content-Length, and counted as they stream).
+    pub max_body_bytes: Option<Spanned<u64>>,
 }

@@ -85,6 +85,8 @@ pub struct Route {
     pub token_query_param: Option<String>,
     pub org_param: Option<String>,
     pub forward_token: bool,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: Option<u64>,
     /// Line of the route in its config file (0 for built-in routes).
     pub line: usize,
 }

@@ -281,6 +281,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             token_query_param: r.token_query_param.as_ref().map(|q| q.get_ref().clone()),
             org_param: r.org_param.as_ref().map(|o| o.get_ref().clone()),
             forward_token: r.forward_token.unwrap_or(raw.server.forward_token),
+            max_body_bytes: r.max_body_bytes.as_ref().map(|m| *m.get_ref()),
             line,
         });
     }
@@ -690,6 +691,7 @@ fn builtin_routes(keys_api: bool, dashboard: bool, catalog: &Catalog) -> Vec<Rou
         token_query_param: None,
         org_param: None,
         forward_token: false,
+        max_body_bytes: None,
         line: 0,
     };
     let mut out = Vec::new();

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -64,12 +65,18 @@ impl Upstream {
     /// Sends the request. The response head must arrive within the response timeout,
     /// counted from the moment the request body has been sent in full: a slow upload is the
     /// client's pace, not the upstream's.
+    ///
+    /// With `max_body` set, the body is counted as it streams: once it passes the limit the
+    /// upload is cut and the answer is 413 (unless the upstream already answered).
     pub async fn send(
         &self,
         request: Request<Incoming>,
+        max_body: Option<u64>,
     ) -> Result<Response<Incoming>, GatewayError> {
         let sent = Arc::new(Notify::new());
-        let request = request.map(|body| RequestBody::new(body, sent.clone()));
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let request =
+            request.map(|body| RequestBody::new(body, sent.clone(), max_body, exceeded.clone()));
         let response = self.client.request(request);
         let deadline = async {
             sent.notified().await;
@@ -77,6 +84,7 @@ impl Upstream {
         };
         tokio::select! {
             result = response => match result {
+                Err(_) if exceeded.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
                 Err(e) => {
                     tracing::debug!(upstream = %self.settings.name, error = %e, "upstream request failed");
                     Err(GatewayError::UpstreamUnavailable)
@@ -89,17 +97,34 @@ impl Upstream {
     }
 }
 
-/// The client's request body on its way upstream; tells `send` when it has been sent whole.
+/// The client's request body on its way upstream; tells `send` when it has been sent whole,
+/// and cuts it when it grows past the route's limit.
 pub struct RequestBody {
     inner: Incoming,
     sent: Option<Arc<Notify>>,
+    limit: Option<u64>,
+    seen: u64,
+    exceeded: Arc<AtomicBool>,
 }
 
+/// The body grew past the route's `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the route allows")]
+pub struct BodyTooLarge;
+
 impl RequestBody {
-    fn new(inner: Incoming, sent: Arc<Notify>) -> Self {
+    fn new(
+        inner: Incoming,
+        sent: Arc<Notify>,
+        limit: Option<u64>,
+        exceeded: Arc<AtomicBool>,
+    ) -> Self {
         let mut body = RequestBody {
             inner,
             sent: Some(sent),
+            limit,
+            seen: 0,
+            exceeded,
         };
         // An empty body may never be polled at all.
         body.check_end();
@@ -122,19 +147,29 @@ impl RequestBody {
 
 impl hyper::body::Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
-            Poll::Ready(Some(Ok(_))) => self.check_end(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(limit), Some(data)) = (self.limit, frame.data_ref()) {
+                    self.seen += data.len() as u64;
+                    if self.seen > limit {
+                        self.exceeded.store(true, Ordering::Release);
+                        self.finish();
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                self.check_end();
+            }
             Poll::Pending => {}
         }
-        polled
+        polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -317,7 +352,7 @@ pub async fn forward(
     snapshot: &crate::gateway::Snapshot,
     (upstream, uri): (usize, Uri),
     permit: &Permit,
-    keep_authorization: bool,
+    route: &crate::config::Route,
     request: Request<Incoming>,
     client: ClientSide<'_>,
 ) -> Result<Response<Incoming>, GatewayError> {
@@ -334,7 +369,7 @@ pub async fn forward(
         permit,
         &snapshot.identity,
         client,
-        keep_authorization,
+        route.forward_token,
     );
     if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
         super::tunnel::restore(&mut parts.headers, protocol.clone());
@@ -342,7 +377,13 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let request = Request::from_parts(parts, body);
-    let mut response = send_timed(&snapshot.upstreams[upstream], request, &gateway.metrics).await?;
+    let mut response = send_timed(
+        &snapshot.upstreams[upstream],
+        request,
+        route.max_body_bytes,
+        &gateway.metrics,
+    )
+    .await?;
     match client_upgrade {
         Some(client_upgrade) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -362,10 +403,11 @@ pub async fn forward(
 pub async fn send_timed(
     upstream: &Upstream,
     request: Request<Incoming>,
+    max_body: Option<u64>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = Instant::now();
-    let result = upstream.send(request).await;
+    let result = upstream.send(request, max_body).await;
     metrics
         .upstream_timer(&upstream.settings.name)
         .observe(started.elapsed().as_secs_f64());

@@ -191,6 +191,17 @@ pub fn decide_traced<'a>(
                 .verify_traced(keys, &found.token, now, trace)?;
             authorize::authorize_traced(route, matched.org, verified, headers, trace)?
         };
+        if let Some(limit) = route.max_body_bytes {
+            let declared = headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                trace.step("body", || {
+                    format!("content-length is over the route's max_body_bytes = {limit}")
+                });
+                return Err(GatewayError::PayloadTooLarge);
+            }
+        }
         let action = match route.target {
             Target::Upstream(upstream) => Action::Forward {
                 upstream,
@@ -276,7 +287,7 @@ pub async fn handle(
                         &snapshot,
                         (upstream, uri),
                         &decision.permit,
-                        route.forward_token,
+                        route,
                         Request::from_parts(parts, body),
                         client,
                     )

@@ -9,6 +9,7 @@ mod errors;
 mod explain;
 mod forwarding;
 mod identity;
+mod limits;
 mod reload;
 mod shutdown;
 mod streaming;
