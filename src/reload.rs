@@ -221,7 +221,7 @@ pub struct Reloader {
     config_path: PathBuf,
     watcher: Option<notify::RecommendedWatcher>,
     events: mpsc::UnboundedReceiver<()>,
-    watched: Vec<PathBuf>,
+    watched: Vec<Watched>,
     hangups: Option<tokio::signal::unix::Signal>,
 }
 
@@ -360,10 +360,26 @@ fn reload_config(gateway: &Gateway, path: &Path, forced: bool) {
     }
 }
 
-/// Watches the config's folder and the key folder; returns whether that set changed.
+/// A watched folder: its path, and the directory that path led to when the watch was set.
+type Watched = (PathBuf, Option<(u64, u64)>);
+
+/// The directory a path leads to now (device, inode), following symlinks.
+///
+/// An inotify watch holds on to a directory, not to its path: when the path comes to mean
+/// another directory — a key folder that is itself a symlink swapped by Kubernetes
+/// (`keys -> ..data/keys`), or a folder deleted and created again — the old watch sees
+/// nothing more, and only polling would notice changes. Comparing identities on every pass
+/// finds that and watches the new directory.
+fn dir_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Watches the config's folder and the key folder; returns whether that set changed (a
+/// folder moved in the config, or a path now leads to another directory).
 fn rewatch(
     watcher: &mut Option<notify::RecommendedWatcher>,
-    watched: &mut Vec<PathBuf>,
+    watched: &mut Vec<Watched>,
     config_path: &Path,
     keys_dir: &Path,
 ) -> bool {
@@ -374,18 +390,24 @@ fn rewatch(
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let wanted = [config_dir, keys_dir.to_owned()];
-    if watched.as_slice() == wanted.as_slice() {
+    let wanted: Vec<Watched> = [config_dir, keys_dir.to_owned()]
+        .into_iter()
+        .map(|p| {
+            let id = dir_identity(&p);
+            (p, id)
+        })
+        .collect();
+    if *watched == wanted {
         return false;
     }
-    for p in watched.drain(..) {
+    for (p, _) in watched.drain(..) {
         let _ = w.unwatch(&p);
     }
-    for p in &wanted {
+    for (p, _) in &wanted {
         if let Err(e) = w.watch(p, RecursiveMode::NonRecursive) {
             tracing::debug!(path = %p.display(), error = %e, "cannot watch; polling covers it");
         }
     }
-    *watched = wanted.to_vec();
+    *watched = wanted;
     true
 }
