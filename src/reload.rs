@@ -220,8 +220,9 @@ pub struct Reloader {
     gateway: Arc<Gateway>,
     config_path: PathBuf,
     watcher: Option<notify::RecommendedWatcher>,
-    events: mpsc::UnboundedReceiver<()>,
-    watched: Vec<PathBuf>,
+    /// The paths each file event names; an empty list means "anything may have changed".
+    events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    watched: Vec<Watched>,
     hangups: Option<tokio::signal::unix::Signal>,
     certificate: CertificateFiles,
 }
@@ -229,11 +230,15 @@ pub struct Reloader {
 impl Reloader {
     /// Must be called inside a tokio runtime (it installs the SIGHUP handler).
     pub fn new(gateway: Arc<Gateway>, config_path: PathBuf) -> Self {
-        let (tx, events) = mpsc::unbounded_channel::<()>();
+        let (tx, events) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         let watcher =
-            match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.as_ref().map_or(true, |e| changes_files(&e.kind)) {
-                    let _ = tx.send(());
+            match notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(e) if changes_files(&e.kind) => {
+                    let _ = tx.send(e.paths);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = tx.send(Vec::new());
                 }
             }) {
                 Ok(w) => Some(w),
@@ -271,6 +276,16 @@ impl Reloader {
         reloader
     }
 
+    /// Can these event paths concern the config file? Events name entries of the watched
+    /// folders; an empty list (the watcher lost track) may concern anything.
+    fn touches_config(&self, paths: &[PathBuf]) -> bool {
+        let dir = config_dir(&self.config_path);
+        paths.is_empty()
+            || paths
+                .iter()
+                .any(|p| *p == self.config_path || p.parent() == Some(dir.as_path()))
+    }
+
     /// Runs until `shutdown` flips.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let gateway = self.gateway.clone();
@@ -282,17 +297,23 @@ impl Reloader {
         loop {
             let poll = gateway.snapshot.load().config.keys.poll_interval;
             let mut forced = false;
+            // The config is looked at on its own events, on the polling tick and on SIGHUP —
+            // not on every key-folder event.
+            let mut check_config = look_now;
             if !look_now {
                 let hangups = self.hangups.as_mut();
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     // `None` (no watcher) disables this branch instead of spinning on it.
-                    Some(()) = self.events.recv() => {
+                    Some(paths) = self.events.recv() => {
                         // Let a burst of events (write + rename + chmod) settle, then rescan once.
                         tokio::time::sleep(Duration::from_millis(5)).await;
-                        while self.events.try_recv().is_ok() {}
+                        check_config = self.touches_config(&paths);
+                        while let Ok(more) = self.events.try_recv() {
+                            check_config |= self.touches_config(&more);
+                        }
                     }
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = tokio::time::sleep(poll) => check_config = true,
                     Some(()) = async { match hangups { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                         tracing::info!("SIGHUP: reloading the config");
                         forced = true;
@@ -300,7 +321,9 @@ impl Reloader {
                 }
             }
             let fingerprint = store::fingerprint(&self.config_path).ok();
-            if forced || fingerprint.is_none() || fingerprint != config_fingerprint {
+            if forced
+                || (check_config && (fingerprint.is_none() || fingerprint != config_fingerprint))
+            {
                 config_fingerprint = fingerprint;
                 reload_config(&gateway, &self.config_path, forced);
             }
@@ -378,33 +401,60 @@ fn reload_config(gateway: &Gateway, path: &Path, forced: bool) {
     }
 }
 
-/// Watches the config's folder and the key folder; returns whether that set changed.
+/// The folder the config file's events arrive from (`.` for a bare file name).
+fn config_dir(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A watched folder: its path, and the directory that path led to when the watch was set.
+type Watched = (PathBuf, Option<(u64, u64)>);
+
+/// The directory a path leads to now (device, inode), following symlinks.
+///
+/// An inotify watch holds on to a directory, not to its path: when the path comes to mean
+/// another directory — a key folder that is itself a symlink swapped by Kubernetes
+/// (`keys -> ..data/keys`), or a folder deleted and created again — the old watch sees
+/// nothing more, and only polling would notice changes. Comparing identities on every pass
+/// finds that and watches the new directory.
+fn dir_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Watches the config's folder and the key folder; returns whether that set changed (a
+/// folder moved in the config, or a path now leads to another directory).
 fn rewatch(
     watcher: &mut Option<notify::RecommendedWatcher>,
-    watched: &mut Vec<PathBuf>,
+    watched: &mut Vec<Watched>,
     config_path: &Path,
     dirs: &[PathBuf],
 ) -> bool {
     let Some(w) = watcher.as_mut() else {
         return false;
     };
-    let config_dir = match config_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut wanted = vec![config_dir];
+    let mut paths = vec![config_dir(config_path)];
     for d in dirs {
-        if !wanted.contains(d) {
-            wanted.push(d.clone());
+        if !paths.contains(d) {
+            paths.push(d.clone());
         }
     }
-    if watched.as_slice() == wanted.as_slice() {
+    let wanted: Vec<Watched> = paths
+        .into_iter()
+        .map(|p| {
+            let id = dir_identity(&p);
+            (p, id)
+        })
+        .collect();
+    if *watched == wanted {
         return false;
     }
-    for p in watched.drain(..) {
+    for (p, _) in watched.drain(..) {
         let _ = w.unwatch(&p);
     }
-    for p in &wanted {
+    for (p, _) in &wanted {
         if let Err(e) = w.watch(p, RecursiveMode::NonRecursive) {
             tracing::debug!(path = %p.display(), error = %e, "cannot watch; polling covers it");
         }

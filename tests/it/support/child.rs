@@ -7,7 +7,7 @@
 //! by its PID when the handle drops, panics included.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use jsonwebtoken::Algorithm;
 use scopegate::keys::store::Store;
 use scopegate::scopes::Catalog;
 
-use super::{eventually, Req, TestKey};
+use super::{eventually, toml_path, Req, TestKey};
 
 pub struct ChildGateway {
     pub dir: tempfile::TempDir,
@@ -29,6 +29,8 @@ pub struct ChildGateway {
     pub admin_addr: SocketAddr,
     upstream: SocketAddr,
     poll_interval_ms: u64,
+    /// `[keys] dir` as written in the config.
+    keys_dir: String,
     child: Child,
 }
 
@@ -52,10 +54,22 @@ pub fn child_config(
     poll_interval_ms: u64,
     routes: &str,
 ) -> String {
+    child_config_with_keys(port, admin_port, upstream, poll_interval_ms, "keys", routes)
+}
+
+/// [`child_config`] with another `[keys] dir` (relative to the config, or absolute).
+pub fn child_config_with_keys(
+    port: u16,
+    admin_port: u16,
+    upstream: SocketAddr,
+    poll_interval_ms: u64,
+    keys_dir: &str,
+    routes: &str,
+) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 5\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
-         [keys]\ndir = \"keys\"\npoll_interval_ms = {poll_interval_ms}\n\n\
+         [keys]\ndir = \"{keys_dir}\"\npoll_interval_ms = {poll_interval_ms}\n\n\
          [upstreams.main]\nurl = \"http://{upstream}\"\n\n{routes}"
     )
 }
@@ -83,6 +97,52 @@ impl ChildGateway {
         poll_interval_ms: u64,
         symlinked_config: bool,
     ) -> Self {
+        Self::start(upstream, routes, poll_interval_ms, symlinked_config, None).await
+    }
+
+    /// Starts another gateway — its own temp dir, config, log and ports — that serves the key
+    /// folder of `first` (its `keys/`, by absolute path): two replicas sharing one folder.
+    pub async fn spawn_sharing_keys(
+        first: &ChildGateway,
+        routes: &str,
+        poll_interval_ms: u64,
+    ) -> Self {
+        Self::spawn_on_keys(
+            first.upstream,
+            routes,
+            poll_interval_ms,
+            first.store.dir(),
+            &first.org,
+        )
+        .await
+    }
+
+    /// Starts a gateway on an existing key folder (absolute path) whose organization `org`
+    /// exists already; nothing is created in the folder.
+    pub async fn spawn_on_keys(
+        upstream: SocketAddr,
+        routes: &str,
+        poll_interval_ms: u64,
+        keys_dir: &Path,
+        org: &str,
+    ) -> Self {
+        Self::start(
+            upstream,
+            routes,
+            poll_interval_ms,
+            false,
+            Some((keys_dir, org)),
+        )
+        .await
+    }
+
+    async fn start(
+        upstream: SocketAddr,
+        routes: &str,
+        poll_interval_ms: u64,
+        symlinked_config: bool,
+        shared_keys: Option<(&Path, &str)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scopegate.toml");
         let real_config_path = if symlinked_config {
@@ -92,8 +152,18 @@ impl ChildGateway {
         } else {
             config_path.clone()
         };
-        let store = Store::new(dir.path().join("keys"), Catalog::default());
-        let org = store.create_org("child org").unwrap().id;
+        let (store, org, keys_dir) = match shared_keys {
+            Some((keys, org)) => (
+                Store::new(keys, Catalog::default()),
+                org.to_owned(),
+                toml_path(keys),
+            ),
+            None => {
+                let store = Store::new(dir.path().join("keys"), Catalog::default());
+                let org = store.create_org("child org").unwrap().id;
+                (store, org, "keys".to_owned())
+            }
+        };
         // Not next to the config: that folder is watched, and each log line would be an event.
         std::fs::create_dir(dir.path().join("log")).unwrap();
         let log_path = dir.path().join("log").join("gateway.log");
@@ -104,7 +174,14 @@ impl ChildGateway {
             }
             write_atomically(
                 &real_config_path,
-                &child_config(port, admin_port, upstream, poll_interval_ms, routes),
+                &child_config_with_keys(
+                    port,
+                    admin_port,
+                    upstream,
+                    poll_interval_ms,
+                    &keys_dir,
+                    routes,
+                ),
             );
             let log = std::fs::File::create(&log_path).unwrap();
             let mut guard = Guard(Some(
@@ -138,6 +215,7 @@ impl ChildGateway {
                     admin_addr,
                     upstream,
                     poll_interval_ms,
+                    keys_dir,
                     child: guard.0.take().unwrap(),
                 };
             }
@@ -166,13 +244,26 @@ impl ChildGateway {
 
     /// The config this gateway was started with, on its ports, with other routes.
     pub fn config_with_routes(&self, routes: &str) -> String {
-        child_config(
+        child_config_with_keys(
             self.addr.port(),
             self.admin_addr.port(),
             self.upstream,
             self.poll_interval_ms,
+            &self.keys_dir,
             routes,
         )
+    }
+
+    pub fn request(&self, method: &str, path_and_query: &str) -> Req {
+        Req::new(method, self.url(path_and_query))
+    }
+
+    /// The Prometheus text of its admin listener.
+    pub async fn metrics(&self) -> String {
+        Req::new("GET", format!("http://{}/metrics", self.admin_addr))
+            .send()
+            .await
+            .text()
     }
 
     /// Replaces the config text (temp file + rename, next to the real file).
@@ -238,4 +329,69 @@ pub fn write_atomically(path: &std::path::Path, text: &str) {
     ));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs the `scopegate` binary with `args` to completion and returns its output; the process
+/// is killed by its PID (and the test fails) if it outlives `limit`. Blocking: call it from a
+/// plain thread or `spawn_blocking`.
+pub fn run_cli(args: &[&str], limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut guard = Guard(Some(
+        Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the scopegate binary"),
+    ));
+    let child = guard.0.as_mut().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polling the child") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scopegate {args:?} did not finish within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    guard.0 = None;
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// [`run_cli`] with `--json`, for a command that must succeed: its parsed stdout.
+pub fn run_cli_json(args: &[&str], limit: Duration) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run_cli(&all, limit);
+    assert!(
+        out.status.success(),
+        "scopegate {all:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout of scopegate {all:?} is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

@@ -109,6 +109,9 @@ pub struct Builder {
     upstream_extra: String,
     grace_seconds: u64,
     server_extra: String,
+    poll_interval_ms: u64,
+    /// A key folder shared with other gateways, and the organization to use in it.
+    shared_keys: Option<(PathBuf, String)>,
 }
 
 impl Builder {
@@ -122,6 +125,19 @@ impl Builder {
     pub fn server_setting(mut self, line: &str) -> Self {
         self.server_extra.push_str(line);
         self.server_extra.push('\n');
+        self
+    }
+
+    /// `[keys] poll_interval_ms` (100 unless set).
+    pub fn poll_interval_ms(mut self, ms: u64) -> Self {
+        self.poll_interval_ms = ms;
+        self
+    }
+
+    /// Serves the keys of an existing folder (shared with other gateways, or laid out by the
+    /// test) instead of a fresh one; `org` becomes [`TestGateway::org`] and is not created.
+    pub fn shared_keys(mut self, dir: &Path, org: &str) -> Self {
+        self.shared_keys = Some((dir.to_owned(), org.to_owned()));
         self
     }
 
@@ -146,9 +162,18 @@ impl Builder {
     }
 
     pub fn config_text(&self, upstream: SocketAddr) -> String {
+        let keys_dir = match &self.shared_keys {
+            Some((dir, _)) => toml_path(dir),
+            None => "keys".to_owned(),
+        };
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"keys\"\npoll_interval_ms = 100\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
-            self.grace_seconds, self.server_extra, self.extra, self.upstream_extra, self.routes
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"{keys_dir}\"\npoll_interval_ms = {}\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
+            self.grace_seconds,
+            self.server_extra,
+            self.poll_interval_ms,
+            self.extra,
+            self.upstream_extra,
+            self.routes
         )
     }
 
@@ -159,7 +184,10 @@ impl Builder {
         std::fs::write(&config_path, self.config_text(upstream.addr)).unwrap();
         let config = scopegate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let store = Store::new(&config.keys.dir, config.auth.catalog.clone());
-        let org = store.create_org("test org").unwrap().id;
+        let org = match &self.shared_keys {
+            Some((_, org)) => org.clone(),
+            None => store.create_org("test org").unwrap().id,
+        };
         let running = scopegate::server::start(config, config_path.clone())
             .await
             .expect("gateway starts");
@@ -191,6 +219,8 @@ impl TestGateway {
             upstream_extra: String::new(),
             grace_seconds: 5,
             server_extra: String::new(),
+            poll_interval_ms: 100,
+            shared_keys: None,
         }
     }
 
@@ -292,6 +322,34 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .unwrap_or_else(|| panic!("unparsable sample: {l}"))
         })
         .sum()
+}
+
+/// A path as the inside of a TOML basic string (temp paths need no escapes; refuse any that do).
+pub fn toml_path(path: &Path) -> String {
+    let text = path.to_str().expect("a UTF-8 temp path").to_owned();
+    assert!(
+        !text.contains(['"', '\\']) && !text.chars().any(char::is_control),
+        "{text:?} would need TOML escapes"
+    );
+    text
+}
+
+/// Polls (every 10 ms, via [`eventually`]) until `check` holds and returns how long that took
+/// from `since`; panics with `what` if it does not hold within `patience`.
+pub async fn time_until<F, Fut>(
+    since: Instant,
+    patience: Duration,
+    what: &str,
+    check: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let ok = eventually(patience, check).await;
+    let took = since.elapsed();
+    assert!(ok, "{what}: not within {patience:?}");
+    took
 }
 
 /// The built-in scope catalogue, for tests that parse key files directly.
