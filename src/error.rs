@@ -83,6 +83,11 @@ pub enum GatewayError {
     PayloadTooLarge,
     /// The request target is longer than `max_uri_bytes`.
     UriTooLong,
+    /// A token exchange refused (RFC 6749 §5.2): rendered as `{"error", "error_description"}`.
+    TokenExchange {
+        error: &'static str,
+        description: String,
+    },
     /// We broke (the key store could not be written): 500, details in the log only.
     Internal,
 }
@@ -104,6 +109,10 @@ impl GatewayError {
             GatewayError::ScopeEscalation { .. } => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::TokenExchange { error, .. } if *error == "temporarily_unavailable" => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::TokenExchange { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +136,7 @@ impl GatewayError {
             GatewayError::ScopeEscalation { .. } => "missing-scope",
             GatewayError::PayloadTooLarge => "payload-too-large",
             GatewayError::UriTooLong => "uri-too-long",
+            GatewayError::TokenExchange { error, .. } => error,
             GatewayError::Internal => "internal-error",
         }
     }
@@ -165,6 +175,7 @@ impl GatewayError {
             GatewayError::ScopeEscalation { .. } => "a key cannot grant scopes it does not hold",
             GatewayError::PayloadTooLarge => "the request body is too large",
             GatewayError::UriTooLong => "the request target is too long",
+            GatewayError::TokenExchange { description, .. } => return description.clone().into(),
             GatewayError::Internal => "internal error",
         };
         text.into()
@@ -185,6 +196,20 @@ impl GatewayError {
 
     /// The response. RFC 6750 §3 shapes `WWW-Authenticate`.
     pub fn into_response(&self) -> Response<Full<Bytes>> {
+        if let GatewayError::TokenExchange { error, description } = self {
+            // RFC 6749 §5.2 names these fields differently from our other errors.
+            #[derive(serde::Serialize)]
+            struct OAuthError<'a> {
+                error: &'a str,
+                error_description: &'a str,
+            }
+            let body = serde_json::to_string(&OAuthError {
+                error,
+                error_description: description,
+            })
+            .expect("error bodies serialize");
+            return json_body(self.status(), body);
+        }
         let mut response = json_response(self.status(), &self.message(), self.code());
         let headers = response.headers_mut();
         match self {
@@ -229,6 +254,7 @@ impl GatewayError {
             | GatewayError::KeyNotFound
             | GatewayError::PayloadTooLarge
             | GatewayError::UriTooLong
+            | GatewayError::TokenExchange { .. }
             | GatewayError::Internal => {}
         }
         response

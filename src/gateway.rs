@@ -52,6 +52,8 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     pub keys: ArcSwap<KeySet>,
     pub metrics: Metrics,
+    /// Identity providers' JWKS documents fetched by URL, for token exchange.
+    pub jwks: crate::exchange::jwks::JwksCache,
     /// The key folder as last read. The reloader and the keys API both rescan through it, so
     /// a key the API just wrote is live before the API answers.
     key_files: Mutex<KeyFiles>,
@@ -72,7 +74,9 @@ impl Gateway {
     ) -> Arc<Self> {
         metrics.keys_loaded.set(keys.len() as i64);
         metrics.orgs_loaded.set(keys.org_count() as i64);
+        let jwks = crate::exchange::jwks::JwksCache::new(snapshot.config.token_exchange.jwks);
         Arc::new(Gateway {
+            jwks,
             snapshot: ArcSwap::from_pointee(snapshot),
             keys: ArcSwap::from_pointee(keys),
             metrics,

@@ -9,6 +9,7 @@
 //! - [`gateway`]: live state (config snapshot, key set, metrics, readiness) behind `ArcSwap`.
 //! - [`reload`]: file watching, polling and SIGHUP → rebuild → swap, with one outcome record.
 //! - [`server`]: accept loops, graceful drain; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`exchange`]: token exchange (`POST /tokens`) and anonymous sessions.
 //! - [`error`]: every refusal and the one place it becomes a response; [`metrics`]: collectors.
 //! - [`cli`]: the `scopegate` subcommands, including [`cli::demo`].
 //!
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub key_file_errors: IntGauge,
     pub key_changes: IntCounterVec,
     pub open_tunnels: IntGauge,
+    pub token_exchanges: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -100,6 +101,14 @@ impl Metrics {
             "Upgraded connections (WebSockets) being relayed now.",
         )
         .expect("valid metric");
+        let token_exchanges = IntCounterVec::new(
+            Opts::new(
+                "scopegate_token_exchanges_total",
+                "Token exchanges at POST /tokens by kind (idp, anonymous) and result.",
+            ),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "scopegate_build_info",
@@ -124,6 +133,7 @@ impl Metrics {
             Box::new(key_file_errors.clone()),
             Box::new(key_changes.clone()),
             Box::new(open_tunnels.clone()),
+            Box::new(token_exchanges.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -141,6 +151,7 @@ impl Metrics {
             key_file_errors,
             key_changes,
             open_tunnels,
+            token_exchanges,
         }
     }
 

@@ -77,7 +77,7 @@ pub async fn handle(
         Builtin::KeysCreate => create(gateway, snapshot, store, &identity, body).await,
         Builtin::KeysList => list(store, &identity, &parts, config.keys_api.page_size).await,
         Builtin::KeysDelete => delete(gateway, store, &identity, &parts).await,
-        Builtin::Dashboard => Err(GatewayError::Internal),
+        Builtin::Dashboard | Builtin::TokenExchange => Err(GatewayError::Internal),
     }
 }
 

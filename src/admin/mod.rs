@@ -30,6 +30,7 @@ pub async fn builtin(
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     match builtin {
         Builtin::Dashboard => dashboard::handle(&parts),
+        Builtin::TokenExchange => crate::exchange::handle(gateway, snapshot, parts, body).await,
         Builtin::KeysList | Builtin::KeysCreate | Builtin::KeysDelete => {
             keys_api::handle(gateway, snapshot, builtin, permit, parts, body).await
         }

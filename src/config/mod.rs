@@ -37,6 +37,7 @@ pub struct Config {
     pub keys_api: KeysApiSettings,
     /// Serve the dashboard at `/dashboard`.
     pub dashboard: bool,
+    pub token_exchange: TokenExchangeSettings,
     pub upstreams: Vec<UpstreamSettings>,
     pub routes: RouteTable,
 }
@@ -80,6 +81,14 @@ pub struct AuthSettings {
     pub require_exp: bool,
     pub max_token_bytes: usize,
     pub catalog: Catalog,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenExchangeSettings {
+    pub enabled: bool,
+    /// Without a trailing `/`.
+    pub audience_base: String,
+    pub jwks: crate::exchange::jwks::JwksSettings,
 }
 
 #[derive(Debug, Clone)]

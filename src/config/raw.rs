@@ -23,6 +23,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_SECONDS: u64 = 90;
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
 pub const DEFAULT_KEYS_PAGE_SIZE: usize = 100;
+pub const DEFAULT_EXCHANGE_AUDIENCE_BASE: &str = "https://tokens.statebacked.dev";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
@@ -41,6 +42,8 @@ pub struct RawConfig {
     pub keys_api: RawKeysApi,
     #[serde(default)]
     pub dashboard: RawDashboard,
+    #[serde(default)]
+    pub token_exchange: RawTokenExchange,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
@@ -134,6 +137,33 @@ impl Default for RawKeysApi {
         RawKeysApi {
             enabled: true,
             page_size: Spanned::new(0..0, DEFAULT_KEYS_PAGE_SIZE),
+        }
+    }
+}
+
+/// Token exchange (`POST /tokens`, RFC 8693) and anonymous sessions, served by the gateway.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokenExchange {
+    pub enabled: bool,
+    /// Exchange audiences are `<audience_base>/{orgId}/{service}`.
+    pub audience_base: Spanned<String>,
+    /// How long a JWKS URL may take to answer.
+    pub jwks_timeout_ms: u64,
+    /// How long fetched JWKS keys are used before they are fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// At most one fetch per JWKS URL within this time, however many unknown `kid`s arrive.
+    pub jwks_refetch_cooldown_seconds: u64,
+}
+
+impl Default for RawTokenExchange {
+    fn default() -> Self {
+        RawTokenExchange {
+            enabled: true,
+            audience_base: Spanned::new(0..0, DEFAULT_EXCHANGE_AUDIENCE_BASE.to_owned()),
+            jwks_timeout_ms: 5_000,
+            jwks_refresh_seconds: 600,
+            jwks_refetch_cooldown_seconds: 30,
         }
     }
 }

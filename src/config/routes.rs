@@ -62,6 +62,7 @@ pub enum Builtin {
     KeysCreate,
     KeysDelete,
     Dashboard,
+    TokenExchange,
 }
 
 impl Builtin {
@@ -69,6 +70,7 @@ impl Builtin {
         match self {
             Builtin::KeysList | Builtin::KeysCreate | Builtin::KeysDelete => "keys API",
             Builtin::Dashboard => "dashboard",
+            Builtin::TokenExchange => "token exchange",
         }
     }
 }

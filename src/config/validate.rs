@@ -13,7 +13,7 @@ use super::raw::RawConfig;
 use super::routes::{Builtin, Methods, Route, RouteTable, Target};
 use super::{
     line_of, AdminSettings, AuthSettings, Config, ConfigError, KeySettings, KeysApiSettings,
-    Problem, ServerSettings, TlsSettings, UpstreamSettings,
+    Problem, ServerSettings, TlsSettings, TokenExchangeSettings, UpstreamSettings,
 };
 use crate::scopes::{Catalog, ScopeSet};
 
@@ -365,7 +365,30 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             "must be between 1 and 1000",
         );
     }
-    let builtins = builtin_routes(keys_api_enabled, dashboard, &catalog);
+    let exchange = &raw.token_exchange;
+    let audience_base = exchange
+        .audience_base
+        .get_ref()
+        .trim_end_matches('/')
+        .to_owned();
+    let base_ok = audience_base
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme().is_some() && u.host().is_some() && u.query().is_none());
+    if !base_ok {
+        p.at(
+            exchange.audience_base.span(),
+            "token_exchange.audience_base",
+            "must be an absolute URL like https://tokens.statebacked.dev",
+        );
+    }
+    if exchange.jwks_timeout_ms == 0 {
+        p.at(
+            0..0,
+            "token_exchange.jwks_timeout_ms",
+            "must be greater than zero",
+        );
+    }
+    let builtins = builtin_routes(keys_api_enabled, dashboard, exchange.enabled, &catalog);
     for (i, a) in routes.iter().enumerate() {
         if let Some(b) = builtins
             .iter()
@@ -379,7 +402,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
                 format!("routes[{i}]"),
                 format!(
                     "'{}' is served by the gateway's built-in {}; remove this route or turn \
-                     the built-in off ([keys_api] / [dashboard] enabled = false)",
+                     the built-in off ([keys_api] / [dashboard] / [token_exchange] enabled = false)",
                     a.template,
                     kind.name()
                 ),
@@ -467,6 +490,15 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             page_size: *raw.keys_api.page_size.get_ref(),
         },
         dashboard,
+        token_exchange: TokenExchangeSettings {
+            enabled: raw.token_exchange.enabled,
+            audience_base,
+            jwks: crate::exchange::jwks::JwksSettings {
+                timeout: Duration::from_millis(raw.token_exchange.jwks_timeout_ms.max(1)),
+                refresh: Duration::from_secs(raw.token_exchange.jwks_refresh_seconds),
+                cooldown: Duration::from_secs(raw.token_exchange.jwks_refetch_cooldown_seconds),
+            },
+        },
         upstreams,
         routes,
     })
@@ -672,7 +704,12 @@ fn upstream(
 /// The routes of the gateway's own endpoints. The keys API requires `org-keys.write` like any
 /// configured route would; the dashboard is static and public (it calls the keys API with the
 /// token its user pastes).
-fn builtin_routes(keys_api: bool, dashboard: bool, catalog: &Catalog) -> Vec<Route> {
+fn builtin_routes(
+    keys_api: bool,
+    dashboard: bool,
+    exchange: bool,
+    catalog: &Catalog,
+) -> Vec<Route> {
     let keys_scope = ScopeSet::from_names(
         catalog
             .resolve(crate::scopes::ORG_KEYS_WRITE)
@@ -703,6 +740,15 @@ fn builtin_routes(keys_api: bool, dashboard: bool, catalog: &Catalog) -> Vec<Rou
             "/keys/{key}",
             Builtin::KeysDelete,
             false,
+        ));
+    }
+    if exchange {
+        // The subject token is the credential: no bearer token is asked for.
+        out.push(route(
+            &[Method::POST],
+            "/tokens",
+            Builtin::TokenExchange,
+            true,
         ));
     }
     if dashboard {

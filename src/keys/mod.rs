@@ -20,9 +20,17 @@ pub struct Key {
     pub algorithm: Algorithm,
     /// HMAC key material, built once from the secret's UTF-8 bytes.
     pub decoding: DecodingKey,
+    /// The same secret for signing, when token exchange mints with this key.
+    pub(crate) signing: jsonwebtoken::EncodingKey,
     /// `scopes.joined()` as a header value, for the common case of no `scope` claim.
     pub scopes_header: HeaderValue,
     pub created_at: String,
+}
+
+impl Key {
+    pub fn signing(&self) -> &jsonwebtoken::EncodingKey {
+        &self.signing
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -38,12 +46,13 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// All keys of one organization, as loaded from its file.
+/// All keys of one organization, as loaded from its file, with its token-exchange settings.
 #[derive(Debug)]
 pub struct OrgKeys {
     pub org: Arc<str>,
     pub name: String,
     pub keys: Vec<Arc<Key>>,
+    pub exchange: Arc<crate::exchange::org::OrgExchange>,
 }
 
 /// The keys the gateway accepts right now, by `kid`. Immutable; replaced whole on reload.
@@ -51,6 +60,7 @@ pub struct OrgKeys {
 pub struct KeySet {
     by_id: HashMap<Arc<str>, Arc<Key>>,
     orgs: usize,
+    exchange: HashMap<Arc<str>, Arc<crate::exchange::org::OrgExchange>>,
 }
 
 impl KeySet {
@@ -61,8 +71,10 @@ impl KeySet {
         let mut by_id: HashMap<Arc<str>, Arc<Key>> = HashMap::new();
         let mut clashes = Vec::new();
         let mut count = 0;
+        let mut exchange = HashMap::new();
         for org in orgs {
             count += 1;
+            exchange.insert(org.org.clone(), org.exchange.clone());
             for key in &org.keys {
                 if let Some(existing) = by_id.get(&key.id) {
                     if existing.org != key.org {
@@ -76,7 +88,14 @@ impl KeySet {
         for id in &clashes {
             by_id.remove(id);
         }
-        (KeySet { by_id, orgs: count }, clashes)
+        (
+            KeySet {
+                by_id,
+                orgs: count,
+                exchange,
+            },
+            clashes,
+        )
     }
 
     pub fn get(&self, kid: &str) -> Option<&Arc<Key>> {
@@ -85,6 +104,11 @@ impl KeySet {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// An organization's token-exchange settings, if the organization is loaded.
+    pub fn exchange(&self, org: &str) -> Option<Arc<crate::exchange::org::OrgExchange>> {
+        self.exchange.get(org).cloned()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{Key, OrgKeys};
+use crate::exchange::org::OrgExchange;
+use crate::exchange::records::{AnonymousRecord, IdpRecord, TokenProviderRecord};
 use crate::scopes::{Catalog, ScopeSet};
 
 pub const LOCK_FILE: &str = ".scopegate.lock";
@@ -63,6 +65,26 @@ pub struct OrgFile {
     pub org: OrgRecord,
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
+    /// Token exchange: anonymous sessions, identity providers, token providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<AnonymousRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idps: Vec<IdpRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_providers: Vec<TokenProviderRecord>,
+}
+
+impl OrgFile {
+    /// An organization's file with keys and no token-exchange settings.
+    pub fn new(org: OrgRecord, keys: Vec<KeyRecord>) -> Self {
+        OrgFile {
+            org,
+            keys,
+            anonymous: None,
+            idps: Vec::new(),
+            token_providers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -108,6 +130,12 @@ struct SpannedOrgFile {
     org: OrgRecord,
     #[serde(default)]
     keys: Vec<Spanned<KeyRecord>>,
+    #[serde(default)]
+    anonymous: Option<AnonymousRecord>,
+    #[serde(default)]
+    idps: Vec<IdpRecord>,
+    #[serde(default)]
+    token_providers: Vec<TokenProviderRecord>,
 }
 
 /// What a listing shows about a key: never its secret.
@@ -272,14 +300,24 @@ pub fn parse_org_file(file: &Path, text: &str, catalog: &Catalog) -> Result<OrgK
             scopes,
             algorithm,
             decoding: DecodingKey::from_secret(k.secret.as_bytes()),
+            signing: crate::exchange::signing_key(&k.secret),
             scopes_header,
             created_at: k.created_at.clone(),
         }));
     }
+    let exchange = OrgExchange::build(
+        &parsed.idps,
+        &parsed.token_providers,
+        parsed.anonymous.as_ref(),
+        &keys,
+        catalog,
+    )
+    .map_err(|e| invalid(None, e))?;
     Ok(OrgKeys {
         org: org_id,
         name: org.name.clone(),
         keys,
+        exchange: std::sync::Arc::new(exchange),
     })
 }
 
@@ -418,13 +456,7 @@ impl Store {
             created_at: now_rfc3339(),
         };
         let path = self.org_path(&record.id)?;
-        self.write(
-            &path,
-            &OrgFile {
-                org: record.clone(),
-                keys: Vec::new(),
-            },
-        )?;
+        self.write(&path, &OrgFile::new(record.clone(), Vec::new()))?;
         Ok(record)
     }
 

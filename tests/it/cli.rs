@@ -752,6 +752,14 @@ fn check_prints_the_route_table() {
                 "keys",
                 "API)"
             ],
+            vec![
+                "POST",
+                "/tokens",
+                "(public)",
+                "(built-in",
+                "token",
+                "exchange)"
+            ],
             vec!["GET", "/dashboard", "(public)", "(built-in", "dashboard)"],
             vec![
                 "GET",

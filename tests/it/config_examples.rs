@@ -133,6 +133,8 @@ fn statebacked_example_covers_every_route_of_the_design_table() {
         // The keys API is answered by the gateway itself; everything else goes upstream.
         let expected = if path.starts_with("/keys") {
             "(built-in keys API)"
+        } else if path == "/tokens" {
+            "(built-in token exchange)"
         } else {
             "machines"
         };
@@ -177,10 +179,17 @@ fn statebacked_example_token_exchange_is_the_only_public_route() {
         .routes
         .routes()
         .iter()
-        .filter(|r| r.public && matches!(r.target, scopegate::config::Target::Upstream(_)))
+        .filter(|r| {
+            r.public
+                && !matches!(
+                    r.target,
+                    scopegate::config::Target::Builtin(scopegate::config::Builtin::Dashboard)
+                )
+        })
         .map(|r| format!("{:?} {}", r.methods.names(), r.template))
         .collect();
-    // (The built-in dashboard's static files are public too; its API calls are not.)
+    // (The built-in dashboard's static files are public too; its API calls are not.) Token
+    // exchange is built in: the subject token is its credential.
     assert_eq!(public, [r#"["POST"] /tokens"#]);
     assert!(
         config.routes.lookup(&Method::GET, "/tokens").is_err(),

@@ -47,14 +47,14 @@ fn key(org: &str) -> (TestKey, KeyRecord) {
 
 /// `<org>.toml` holding `keys`, as the file of a Secret's data.
 fn org_file(org: &str, keys: &[&KeyRecord]) -> (String, String) {
-    let text = toml::to_string_pretty(&OrgFile {
-        org: OrgRecord {
+    let text = toml::to_string_pretty(&OrgFile::new(
+        OrgRecord {
             id: org.to_owned(),
             name: format!("{org} (mounted)"),
             created_at: now_rfc3339(),
         },
-        keys: keys.iter().map(|k| (*k).clone()).collect(),
-    })
+        keys.iter().map(|k| (*k).clone()).collect(),
+    ))
     .unwrap();
     (format!("{org}.toml"), text)
 }
