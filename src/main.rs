@@ -62,6 +62,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             cli::tokens(config.as_ref(), cmd)?.print(cli.json);
         }
+        Command::Idps(cmd) => {
+            let (_, config) = cli::load_config(flag)?;
+            cli::idps(&config, cmd)?.print(cli.json);
+        }
+        Command::TokenProviders(cmd) => {
+            let (_, config) = cli::load_config(flag)?;
+            cli::token_providers(&config, cmd)?.print(cli.json);
+        }
+        Command::Anonymous(cmd) => {
+            let (_, config) = cli::load_config(flag)?;
+            cli::anonymous(&config, cmd)?.print(cli.json);
+        }
         Command::Explain(args) => {
             init_tracing("error");
             // 0 allow, 1 deny: anything that prevents an answer is 2.

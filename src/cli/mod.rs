@@ -51,9 +51,121 @@ pub enum Command {
     /// Make tokens the way State Backed's token library does.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Identity providers whose tokens an organization accepts for token exchange.
+    #[command(subcommand)]
+    Idps(IdpsCommand),
+    /// Token providers: which key signs exchanged tokens for a service, and with which claims.
+    #[command(subcommand, name = "token-providers")]
+    TokenProviders(TokenProvidersCommand),
+    /// Anonymous sessions (State Backed's anonymous-statebacked-dev service).
+    #[command(subcommand)]
+    Anonymous(AnonymousCommand),
     /// Show how the gateway would decide a request, step by step, without any network call.
     /// Exits 0 when the request would be allowed, 1 when refused.
     Explain(ExplainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdpsCommand {
+    /// Add an identity provider, or replace the one with the same audience and issuer.
+    Upsert(IdpUpsert),
+    /// List identity providers (shared secrets are never shown).
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Delete the identity provider with this audience and issuer.
+    Delete {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        audience: Option<String>,
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("verification").required(true).args(["key", "public_key", "jwks_file", "jwks_url"])))]
+pub struct IdpUpsert {
+    #[arg(long)]
+    pub org: String,
+    /// Subject tokens whose `aud` names this.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Subject tokens whose `iss` is this.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// An accepted algorithm (repeatable): HS256, RS256, PS256, ES256, EdDSA, …
+    #[arg(long = "algorithm", required = true)]
+    pub algorithms: Vec<String>,
+    /// A shared secret (HS*); also read from $SCOPEGATE_IDP_SECRET.
+    #[arg(long, env = "SCOPEGATE_IDP_SECRET", hide_env_values = true)]
+    pub key: Option<String>,
+    /// A PEM public key file (RS*, PS*, ES*, EdDSA).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+    /// A JWKS file.
+    #[arg(long, value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, fetched and cached by the gateway.
+    #[arg(long)]
+    pub jwks_url: Option<String>,
+    /// Verified claims → intermediate claims: a JSON object, `.$` keys take JSONPaths.
+    #[arg(long, default_value = r#"{"sub.$": "$.sub"}"#)]
+    pub mapping: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenProvidersCommand {
+    /// Add a token provider, or replace the one for the same service.
+    Upsert {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        service: String,
+        /// The key that signs (sbk_…); its scopes bound the tokens'.
+        #[arg(long, value_name = "sbk_…")]
+        key: String,
+        /// Intermediate claims → the token's `act`: a JSON object, `.$` keys take JSONPaths.
+        #[arg(long, default_value = r#"{"sub.$": "$.sub"}"#)]
+        mapping: String,
+        /// Lifetime of minted tokens, like 15m or 1h (at most 1 day).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+        /// Narrow minted tokens below the key's scopes (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    Delete {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnonymousCommand {
+    /// Let anyone exchange an anonymous session token for a production-scoped token.
+    Enable {
+        #[arg(long)]
+        org: String,
+        /// The production-use key that signs; by default the first key with every production
+        /// scope.
+        #[arg(long, value_name = "sbk_…")]
+        key: Option<String>,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+    },
+    Disable {
+        #[arg(long)]
+        org: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -592,4 +704,164 @@ pub fn explain(flag: Option<&Path>, args: &ExplainArgs) -> anyhow::Result<(Outpu
         },
         allowed,
     ))
+}
+
+fn read_file_arg(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+fn done(text: String, json: Value) -> anyhow::Result<Output> {
+    Ok(Output {
+        text,
+        json,
+        warning: None,
+    })
+}
+
+pub fn idps(config: &Config, cmd: &IdpsCommand) -> anyhow::Result<Output> {
+    use crate::exchange::records::IdpRecord;
+    let store = store_of(config);
+    match cmd {
+        IdpsCommand::Upsert(a) => {
+            let record = IdpRecord {
+                audience: a.audience.clone(),
+                issuer: a.issuer.clone(),
+                algorithms: a.algorithms.clone(),
+                secret: a.key.clone(),
+                public_key: a
+                    .public_key
+                    .as_deref()
+                    .map(|p| read_file_arg(p, "public key"))
+                    .transpose()?,
+                jwks: a
+                    .jwks_file
+                    .as_deref()
+                    .map(|p| read_file_arg(p, "JWKS file"))
+                    .transpose()?,
+                jwks_url: a.jwks_url.clone(),
+                mapping: a.mapping.clone(),
+            };
+            let kind = record.key_kind();
+            store.upsert_idp(&a.org, record)?;
+            done(
+                format!("identity provider saved for {} ({kind})\n", a.org),
+                json!({ "org": a.org, "audience": a.audience, "issuer": a.issuer, "key": kind }),
+            )
+        }
+        IdpsCommand::List { org } => {
+            let file = store.org_file(org)?;
+            let rows: Vec<Value> = file
+                .idps
+                .iter()
+                .map(|i| {
+                    json!({
+                        "audience": i.audience, "issuer": i.issuer, "algorithms": i.algorithms,
+                        "key": i.key_kind(), "jwks_url": i.jwks_url, "mapping": i.mapping,
+                    })
+                })
+                .collect();
+            let mut text = String::new();
+            for i in &file.idps {
+                text.push_str(&format!(
+                    "aud={}\tiss={}\t{}\t{}\t{}\n",
+                    i.audience.as_deref().unwrap_or("-"),
+                    i.issuer.as_deref().unwrap_or("-"),
+                    i.algorithms.join(","),
+                    i.key_kind(),
+                    i.mapping
+                ));
+            }
+            done(text, Value::Array(rows))
+        }
+        IdpsCommand::Delete {
+            org,
+            audience,
+            issuer,
+        } => {
+            store.delete_idp(org, audience.as_deref(), issuer.as_deref())?;
+            done(
+                format!("identity provider deleted from {org}\n"),
+                json!({ "org": org, "deleted": true }),
+            )
+        }
+    }
+}
+
+pub fn token_providers(config: &Config, cmd: &TokenProvidersCommand) -> anyhow::Result<Output> {
+    use crate::exchange::records::TokenProviderRecord;
+    let store = store_of(config);
+    match cmd {
+        TokenProvidersCommand::Upsert {
+            org,
+            service,
+            key,
+            mapping,
+            lifetime,
+            scopes,
+        } => {
+            store.upsert_token_provider(
+                org,
+                TokenProviderRecord {
+                    service: service.clone(),
+                    key: key.clone(),
+                    mapping: mapping.clone(),
+                    lifetime_seconds: lifetime.as_secs(),
+                    scopes: scopes.clone(),
+                },
+            )?;
+            let audience = format!("{}/{org}/{service}", config.token_exchange.audience_base);
+            done(
+                format!(
+                    "token provider {service} saved for {org}; exchange audience: {audience}\n"
+                ),
+                json!({ "org": org, "service": service, "audience": audience }),
+            )
+        }
+        TokenProvidersCommand::List { org } => {
+            let file = store.org_file(org)?;
+            let mut text = String::new();
+            for p in &file.token_providers {
+                text.push_str(&format!(
+                    "{}\t{}\t{}s\t{}\n",
+                    p.service, p.key, p.lifetime_seconds, p.mapping
+                ));
+            }
+            done(text, serde_json::to_value(&file.token_providers)?)
+        }
+        TokenProvidersCommand::Delete { org, service } => {
+            store.delete_token_provider(org, service)?;
+            done(
+                format!("token provider {service} deleted from {org}\n"),
+                json!({ "org": org, "service": service, "deleted": true }),
+            )
+        }
+    }
+}
+
+pub fn anonymous(config: &Config, cmd: &AnonymousCommand) -> anyhow::Result<Output> {
+    use crate::exchange::records::AnonymousRecord;
+    let store = store_of(config);
+    match cmd {
+        AnonymousCommand::Enable { org, key, lifetime } => {
+            store.set_anonymous(
+                org,
+                Some(AnonymousRecord {
+                    enabled: true,
+                    key: key.clone(),
+                    lifetime_seconds: lifetime.as_secs(),
+                }),
+            )?;
+            done(
+                format!("anonymous sessions enabled for {org}\n"),
+                json!({ "org": org, "anonymous": true }),
+            )
+        }
+        AnonymousCommand::Disable { org } => {
+            store.set_anonymous(org, None)?;
+            done(
+                format!("anonymous sessions disabled for {org}\n"),
+                json!({ "org": org, "anonymous": false }),
+            )
+        }
+    }
 }

@@ -237,10 +237,13 @@ impl OrgExchange {
             if out.providers.contains_key(&p.service) {
                 return Err(at("appears twice".into()));
             }
-            let key = keys
-                .iter()
-                .find(|k| *k.id == *p.key)
-                .ok_or_else(|| at(format!("key {} is not a key of this organization", p.key)))?;
+            // A deleted key takes its providers with it: deleting a key must never be held
+            // back by a provider that names it (the file would otherwise stop loading and its
+            // last good version — with the key — would stay live).
+            let Some(key) = keys.iter().find(|k| *k.id == *p.key) else {
+                tracing::warn!(service = %p.service, key = %p.key, "token provider skipped: its key is gone");
+                continue;
+            };
             let scopes = match &p.scopes {
                 None => None,
                 Some(list) => {

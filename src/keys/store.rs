@@ -559,6 +559,138 @@ impl Store {
         Ok(None)
     }
 
+    /// Reads, changes and rewrites one organization's file under the lock. The new content is
+    /// checked with the same rules the gateway applies before it replaces the old one, so a
+    /// change that would break the file is refused and the file is left as it was.
+    pub fn update_org<T>(
+        &self,
+        org: &str,
+        change: impl FnOnce(&mut OrgFile) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let path = self.org_path(org)?;
+        let _lock = self.lock()?;
+        if !path.exists() {
+            return Err(StoreError::NotFound(format!("no organization '{org}'")));
+        }
+        let mut file = self.read(&path)?;
+        let out = change(&mut file)?;
+        let text = toml::to_string_pretty(&file).expect("key files serialize");
+        parse_org_file(&path, &text, &self.catalog).map_err(|e| match e {
+            StoreError::Invalid { message, .. } => StoreError::BadInput(message),
+            other => other,
+        })?;
+        self.write(&path, &file)?;
+        Ok(out)
+    }
+
+    /// Reads one organization's file (token-exchange settings included).
+    pub fn org_file(&self, org: &str) -> Result<OrgFile, StoreError> {
+        let path = self.org_path(org)?;
+        if !path.exists() {
+            return Err(StoreError::NotFound(format!("no organization '{org}'")));
+        }
+        self.read(&path)
+    }
+
+    /// Adds an identity provider, or replaces the one with the same audience and issuer.
+    pub fn upsert_idp(&self, org: &str, record: IdpRecord) -> Result<(), StoreError> {
+        self.update_org(org, |file| {
+            match file.idps.iter_mut().find(|i| i.same_provider(&record)) {
+                Some(existing) => *existing = record,
+                None => file.idps.push(record),
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_idp(
+        &self,
+        org: &str,
+        audience: Option<&str>,
+        issuer: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.update_org(org, |file| {
+            let before = file.idps.len();
+            file.idps
+                .retain(|i| !(i.audience.as_deref() == audience && i.issuer.as_deref() == issuer));
+            if file.idps.len() == before {
+                return Err(StoreError::NotFound(
+                    "no identity provider with that audience and issuer".into(),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds a token provider, or replaces the one with the same service.
+    pub fn upsert_token_provider(
+        &self,
+        org: &str,
+        record: TokenProviderRecord,
+    ) -> Result<(), StoreError> {
+        self.update_org(org, |file| {
+            if !file.keys.iter().any(|k| k.id == record.key) {
+                return Err(StoreError::BadInput(format!(
+                    "{} is not a key of organization {org}",
+                    record.key
+                )));
+            }
+            match file
+                .token_providers
+                .iter_mut()
+                .find(|p| p.service == record.service)
+            {
+                Some(existing) => *existing = record,
+                None => file.token_providers.push(record),
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_token_provider(&self, org: &str, service: &str) -> Result<(), StoreError> {
+        self.update_org(org, |file| {
+            let before = file.token_providers.len();
+            file.token_providers.retain(|p| p.service != service);
+            if file.token_providers.len() == before {
+                return Err(StoreError::NotFound(format!(
+                    "no token provider for service '{service}'"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// Turns anonymous sessions on (with their settings) or off.
+    pub fn set_anonymous(
+        &self,
+        org: &str,
+        record: Option<AnonymousRecord>,
+    ) -> Result<(), StoreError> {
+        self.update_org(org, |file| {
+            let production = crate::scopes::scopes_for_use(crate::scopes::KeyUse::Production);
+            if let Some(r) = record.as_ref().filter(|r| r.enabled) {
+                let usable = file.keys.iter().any(|k| {
+                    r.key.as_ref().is_none_or(|id| *id == k.id)
+                        && production.iter().all(|s| ScopeSet::from_names(&k.scopes).contains(s))
+                });
+                if !usable {
+                    return Err(StoreError::BadInput(match &r.key {
+                        Some(id) => format!(
+                            "{id} is not a production-use key of organization {org} (it must hold {})",
+                            production.join(" ")
+                        ),
+                        None => format!(
+                            "organization {org} has no production-use key to sign anonymous tokens \
+                             (scopegate keys create --org {org} --use production --name anonymous)"
+                        ),
+                    }));
+                }
+            }
+            file.anonymous = record;
+            Ok(())
+        })
+    }
+
     /// Deletes a key of one organization. A key of another organization is `NotFound`, so
     /// ids of other organizations cannot be probed.
     pub fn delete_key_in_org(&self, org: &str, key_id: &str) -> Result<(), StoreError> {
