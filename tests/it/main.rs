@@ -13,4 +13,5 @@ mod reload;
 mod shutdown;
 mod streaming;
 mod tls;
+mod upstreams;
 mod websocket;

@@ -27,7 +27,7 @@ pub struct ChildGateway {
     pub org: String,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    upstream: SocketAddr,
+    upstream_url: String,
     poll_interval_ms: u64,
     child: Child,
 }
@@ -48,7 +48,7 @@ fn free_port() -> u16 {
 pub fn child_config(
     port: u16,
     admin_port: u16,
-    upstream: SocketAddr,
+    upstream_url: &str,
     poll_interval_ms: u64,
     routes: &str,
 ) -> String {
@@ -56,7 +56,7 @@ pub fn child_config(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 5\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
          [keys]\ndir = \"keys\"\npoll_interval_ms = {poll_interval_ms}\n\n\
-         [upstreams.main]\nurl = \"http://{upstream}\"\n\n{routes}"
+         [upstreams.main]\nurl = \"{upstream_url}\"\n\n{routes}"
     )
 }
 
@@ -83,6 +83,23 @@ impl ChildGateway {
         poll_interval_ms: u64,
         symlinked_config: bool,
     ) -> Self {
+        let url = format!("http://{upstream}");
+        Self::start(&url, routes, poll_interval_ms, symlinked_config, &[]).await
+    }
+
+    /// Starts a gateway whose upstream `main` is at `upstream_url`, with these variables added
+    /// to its environment (e.g. `SSL_CERT_FILE`, which decides the system's root certificates).
+    pub async fn spawn_with_env(upstream_url: &str, routes: &str, env: &[(&str, &str)]) -> Self {
+        Self::start(upstream_url, routes, 100, false, env).await
+    }
+
+    async fn start(
+        upstream_url: &str,
+        routes: &str,
+        poll_interval_ms: u64,
+        symlinked_config: bool,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scopegate.toml");
         let real_config_path = if symlinked_config {
@@ -104,7 +121,7 @@ impl ChildGateway {
             }
             write_atomically(
                 &real_config_path,
-                &child_config(port, admin_port, upstream, poll_interval_ms, routes),
+                &child_config(port, admin_port, upstream_url, poll_interval_ms, routes),
             );
             let log = std::fs::File::create(&log_path).unwrap();
             let mut guard = Guard(Some(
@@ -113,6 +130,7 @@ impl ChildGateway {
                     .arg("--config")
                     .arg(&config_path)
                     .env("SCOPEGATE_LOG", "info")
+                    .envs(env.iter().copied())
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -136,7 +154,7 @@ impl ChildGateway {
                     org,
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     admin_addr,
-                    upstream,
+                    upstream_url: upstream_url.to_owned(),
                     poll_interval_ms,
                     child: guard.0.take().unwrap(),
                 };
@@ -169,7 +187,7 @@ impl ChildGateway {
         child_config(
             self.addr.port(),
             self.admin_addr.port(),
-            self.upstream,
+            &self.upstream_url,
             self.poll_interval_ms,
             routes,
         )
