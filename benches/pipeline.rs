@@ -31,7 +31,10 @@ fn setup(alg: &str) -> (Snapshot, KeySet) {
     )
     .expect("key file");
     let (keys, _) = KeySet::build([&org]);
-    (Snapshot::build(Arc::new(config), None), keys)
+    (
+        Snapshot::build(Arc::new(config), None).expect("upstream clients"),
+        keys,
+    )
 }
 
 fn token(alg: Algorithm) -> String {

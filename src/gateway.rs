@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
-use crate::pipeline::forward::{IdentityNames, Upstream};
+use crate::pipeline::forward::{ClientError, IdentityNames, Upstream};
 use crate::pipeline::verify::Verifier;
 use crate::reload::KeyFiles;
 
@@ -26,24 +26,25 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the runtime snapshot, reusing the pooled clients of upstreams whose settings
-    /// did not change so a reload does not drop warm connections.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Self {
+    /// did not change so a reload does not drop warm connections. Fails when a new https
+    /// upstream finds no usable system root certificates (see [`Upstream::new`]).
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, ClientError> {
         let upstreams = config
             .upstreams
             .iter()
             .map(|settings| {
-                previous
-                    .and_then(|p| p.upstreams.iter().find(|u| u.settings == *settings))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(settings.clone())))
+                match previous.and_then(|p| p.upstreams.iter().find(|u| u.settings == *settings)) {
+                    Some(warm) => Ok(warm.clone()),
+                    None => Upstream::new(settings.clone()).map(Arc::new),
+                }
             })
-            .collect();
-        Snapshot {
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot {
             verifier: Verifier::new(&config.auth),
             identity: IdentityNames::new(&config.server.identity_prefix),
             upstreams,
             config,
-        }
+        })
     }
 }
 

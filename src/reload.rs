@@ -374,8 +374,22 @@ fn reload_config(gateway: &Gateway, path: &Path, forced: bool) {
             if !forced && new.digest == old.digest {
                 return;
             }
-            if new.server.listen != old.server.listen
-                || new.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
+            // Built before anything changes: a new https upstream without usable system roots
+            // rejects the whole reload, like any other config error.
+            let snapshot = match Snapshot::build(Arc::new(new), Some(&current)) {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    return ReloadOutcome::Rejected {
+                        kind: "config",
+                        source: path,
+                        reason: e.to_string(),
+                    }
+                    .emit(&gateway.metrics)
+                }
+            };
+            let config = &snapshot.config;
+            if config.server.listen != old.server.listen
+                || config.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen)
             {
                 tracing::warn!(
                     "listen addresses changed in the config; they take effect on restart"
@@ -383,8 +397,7 @@ fn reload_config(gateway: &Gateway, path: &Path, forced: bool) {
             }
             gateway
                 .key_files()
-                .reconfigure(&new.keys, &new.auth.catalog);
-            let snapshot = Snapshot::build(Arc::new(new), Some(&current));
+                .reconfigure(&config.keys, &config.auth.catalog);
             gateway.snapshot.store(Arc::new(snapshot));
             ReloadOutcome::Applied {
                 kind: "config",

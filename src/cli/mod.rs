@@ -489,6 +489,11 @@ pub fn tokens(config: Option<&Config>, cmd: &TokensCommand) -> anyhow::Result<Ou
 /// a key file has problems (a broken config is an `Err`, like everywhere else).
 pub fn check(flag: Option<&Path>) -> anyhow::Result<(Output, bool)> {
     let (path, config) = load_config(flag)?;
+    // Build the upstream clients as `serve` would (nothing is dialled): an https upstream
+    // without ca_file needs usable root certificates in the system's store.
+    for settings in &config.upstreams {
+        crate::pipeline::forward::Upstream::new(settings.clone())?;
+    }
     let mut problems = Vec::new();
     let mut warning = None;
     let mut loaded = Vec::new();
@@ -651,7 +656,7 @@ pub fn explain(flag: Option<&Path>, args: &ExplainArgs) -> anyhow::Result<(Outpu
     }
     let metrics = crate::metrics::Metrics::new();
     let (_, keys) = crate::reload::initial_keys(&config.keys, &config.auth.catalog, &metrics);
-    let snapshot = crate::gateway::Snapshot::build(std::sync::Arc::new(config), None);
+    let snapshot = crate::gateway::Snapshot::build(std::sync::Arc::new(config), None)?;
     let mut steps = Steps::default();
     let now = crate::pipeline::now_seconds();
     let outcome = decide_traced(&snapshot, &keys, &method, &uri, &headers, now, &mut steps);

@@ -97,18 +97,69 @@ pub struct KeysApiSettings {
     pub page_size: usize,
 }
 
+/// One upstream as configured. Equal settings mean the same client: a reload that leaves an
+/// upstream's settings alone keeps its pooled connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     pub name: String,
-    /// `http` (https arrives with TLS support).
+    /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     /// Prepended to every forwarded path; empty or starts with `/` and has no trailing `/`.
     pub path_prefix: String,
+    pub protocol: UpstreamProtocol,
+    /// For `https` upstreams, whom to trust; `None` for `http`.
+    pub tls: Option<TrustRoots>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+}
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, one request at a time per pooled connection.
+    Http1,
+    /// HTTP/2 only: ALPN `h2` over https, prior knowledge (h2c) over http.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// The spelling of the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// The certificate authorities an `https` upstream's certificate must chain to. Verification
+/// is always on; there is no way to turn it off.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TrustRoots {
+    /// The operating system's store, read when the upstream's client is built.
+    System,
+    /// The certificates of `ca_file`, read and checked when the config is loaded. Compared by
+    /// content, so a reload after the bundle changed builds a new client.
+    CaFile {
+        path: PathBuf,
+        certs: std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>,
+    },
+}
+
+impl fmt::Debug for TrustRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrustRoots::System => f.write_str("System"),
+            TrustRoots::CaFile { path, certs } => f
+                .debug_struct("CaFile")
+                .field("path", path)
+                .field("certificates", &certs.len())
+                .finish(),
+        }
+    }
 }
 
 impl Config {

@@ -22,6 +22,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_SECONDS: u64 = 90;
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// HTTP/1.1 to upstreams unless one says `protocol = "h2"`.
+pub const DEFAULT_UPSTREAM_PROTOCOL: &str = "http1";
 pub const DEFAULT_KEYS_PAGE_SIZE: usize = 100;
 pub const DEFAULT_EXCHANGE_AUDIENCE_BASE: &str = "https://tokens.statebacked.dev";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -204,7 +206,13 @@ impl Default for RawAuth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// `http://host:port[/prefix]` or `https://host:port[/prefix]`.
     pub url: Spanned<String>,
+    /// PEM bundle of the certificate authorities an `https` upstream's certificate must chain
+    /// to, relative to the config file's folder. Without it, the system's roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// `"http1"` or `"h2"` (over https negotiated by ALPN, over http with prior knowledge).
+    pub protocol: Option<Spanned<String>>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Time allowed for the upstream's response head once the request is sent.

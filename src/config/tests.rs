@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use http::Method;
 
-use super::{parse, Config, ConfigError, Lookup, Methods};
+use super::{parse, Config, ConfigError, Lookup, Methods, TrustRoots, UpstreamProtocol};
 
 const FILE: &str = "/etc/scopegate/scopegate.toml";
 
@@ -279,14 +279,171 @@ fn upstream_url_without_a_scheme_is_refused() {
 }
 
 #[test]
-fn https_upstream_is_not_supported_yet() {
-    let err = invalid("[upstreams.main]\nurl = \"https://api.example.com\"\n");
+fn upstream_scheme_other_than_http_or_https_is_refused() {
+    let err = invalid("[upstreams.main]\nurl = \"ftp://files.example.com\"\n");
     assert_problem(
         &err,
         2,
         "upstreams.main.url",
-        "'https' is not supported yet",
+        "scheme 'ftp' is not supported; use http:// or https://",
     );
+}
+
+#[test]
+fn http_upstream_speaks_http1_without_tls_by_default() {
+    let config = valid(UPSTREAM);
+    assert_eq!(config.upstreams[0].protocol, UpstreamProtocol::Http1);
+    assert_eq!(config.upstreams[0].tls, None);
+}
+
+#[test]
+fn https_upstream_without_ca_file_trusts_the_system_roots() {
+    let config = valid("[upstreams.main]\nurl = \"https://api.example.com/v1\"\n");
+    let up = &config.upstreams[0];
+    assert_eq!(up.scheme, http::uri::Scheme::HTTPS);
+    assert_eq!(up.authority.as_str(), "api.example.com");
+    assert_eq!(up.path_prefix, "/v1");
+    assert_eq!(up.tls, Some(TrustRoots::System));
+    assert_eq!(up.protocol, UpstreamProtocol::Http1);
+}
+
+#[test]
+fn upstream_protocol_h2_is_accepted_over_http_and_https() {
+    for url in ["http://127.0.0.1:3000", "https://api.example.com"] {
+        let config = valid(&format!(
+            "[upstreams.main]\nurl = \"{url}\"\nprotocol = \"h2\"\n"
+        ));
+        assert_eq!(config.upstreams[0].protocol, UpstreamProtocol::H2, "{url}");
+    }
+}
+
+#[test]
+fn upstream_protocol_http1_can_be_spelled_out() {
+    let config = valid(&format!("{UPSTREAM}protocol = \"http1\"\n"));
+    assert_eq!(config.upstreams[0].protocol, UpstreamProtocol::Http1);
+}
+
+#[test]
+fn unknown_upstream_protocol_is_refused_with_its_line() {
+    let text = format!("{UPSTREAM}protocol = \"http2\"\n");
+    let err = invalid(&text);
+    assert_problem(
+        &err,
+        3,
+        "upstreams.main.protocol",
+        "'http2' is not a protocol; use \"http1\" or \"h2\"",
+    );
+}
+
+#[test]
+fn ca_file_on_an_http_upstream_is_refused_with_its_line() {
+    let text = format!("{UPSTREAM}ca_file = \"ca.pem\"\n");
+    let err = invalid(&text);
+    assert_problem(
+        &err,
+        3,
+        "upstreams.main.ca_file",
+        "only https:// upstreams use a CA file",
+    );
+}
+
+#[test]
+fn missing_ca_file_is_refused_with_its_line() {
+    // Relative to the config's folder, which does not hold it.
+    let text = "[upstreams.main]\nurl = \"https://api.example.com\"\nca_file = \"ca.pem\"\n";
+    let err = invalid(text);
+    assert_problem(
+        &err,
+        3,
+        "upstreams.main.ca_file",
+        "cannot read '/etc/scopegate/ca.pem'",
+    );
+}
+
+#[test]
+fn empty_ca_file_name_is_refused() {
+    let text = "[upstreams.main]\nurl = \"https://api.example.com\"\nca_file = \"\"\n";
+    let err = invalid(text);
+    assert_problem(&err, 3, "upstreams.main.ca_file", "must name a PEM file");
+}
+
+/// A config whose `main` upstream is https with `ca_file` holding `pem`, in a temp folder.
+fn with_ca_file(pem: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
+    let text = "[upstreams.main]\nurl = \"https://127.0.0.1:8443\"\nca_file = \"ca.pem\"\n";
+    let config = parse(&dir.path().join("scopegate.toml"), text);
+    (dir, config)
+}
+
+fn ca_certificate_pem() -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn ca_file_is_read_relative_to_the_config_folder() {
+    let pem = format!("{}{}", ca_certificate_pem(), ca_certificate_pem());
+    let (dir, config) = with_ca_file(&pem);
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    match &config.upstreams[0].tls {
+        Some(TrustRoots::CaFile { path, certs }) => {
+            assert_eq!(*path, dir.path().join("ca.pem"));
+            assert_eq!(certs.len(), 2);
+        }
+        other => panic!("expected the CA file's roots, got {other:?}"),
+    }
+}
+
+#[test]
+fn ca_file_without_a_certificate_is_refused() {
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let (_dir, config) = with_ca_file(&key);
+    let err = config.unwrap_err().to_string();
+    assert!(
+        err.contains(":3: upstreams.main.ca_file: ") && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ca_file_with_a_broken_pem_block_is_refused() {
+    let (_dir, config) =
+        with_ca_file("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n");
+    let err = config.unwrap_err().to_string();
+    assert!(
+        err.contains(":3: upstreams.main.ca_file: ") && err.contains("is not a PEM bundle"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ca_file_with_a_certificate_that_does_not_parse_is_refused() {
+    // Valid PEM around bytes that are not X.509.
+    let (_dir, config) =
+        with_ca_file("-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n");
+    let err = config.unwrap_err().to_string();
+    assert!(
+        err.contains(":3: upstreams.main.ca_file: ")
+            && err.contains("certificate 1 of")
+            && err.contains("is not a usable CA certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn upstream_settings_compare_equal_across_loads_until_the_ca_file_changes() {
+    // Equal settings are what lets a reload keep an upstream's pooled connections.
+    let (dir, first) = with_ca_file(&ca_certificate_pem());
+    let text = "[upstreams.main]\nurl = \"https://127.0.0.1:8443\"\nca_file = \"ca.pem\"\n";
+    let path = dir.path().join("scopegate.toml");
+    let again = parse(&path, text).unwrap();
+    assert_eq!(first.unwrap().upstreams, again.upstreams);
+    std::fs::write(dir.path().join("ca.pem"), ca_certificate_pem()).unwrap();
+    let rotated = parse(&path, text).unwrap();
+    assert_ne!(again.upstreams, rotated.upstreams);
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! Raw config → typed [`Config`]. Pure: reads nothing but the text it is given.
+//! Raw config → typed [`Config`]. Reads nothing but the text it is given, and the CA bundles
+//! upstreams name (`ca_file`), so that a missing or broken bundle is a load-time error with
+//! its line, from `scopegate check` as from `serve` and every reload.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -13,7 +15,8 @@ use super::raw::RawConfig;
 use super::routes::{Builtin, Methods, Route, RouteTable, Target};
 use super::{
     line_of, AdminSettings, AuthSettings, Config, ConfigError, KeySettings, KeysApiSettings,
-    Problem, ServerSettings, TlsSettings, TokenExchangeSettings, UpstreamSettings,
+    Problem, ServerSettings, TlsSettings, TokenExchangeSettings, TrustRoots, UpstreamProtocol,
+    UpstreamSettings,
 };
 use crate::scopes::{Catalog, ScopeSet};
 
@@ -172,7 +175,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
     for (name, up) in &raw.upstreams {
         let span = up.span();
         let up = up.get_ref();
-        if let Some(settings) = upstream(&mut p, name, span, up) {
+        if let Some(settings) = upstream(&mut p, base, name, span, up) {
             upstreams.push(settings);
         }
     }
@@ -645,6 +648,7 @@ fn methods(p: &mut Problems, field: &str, spanned: &Spanned<Vec<Spanned<String>>
 
 fn upstream(
     p: &mut Problems,
+    base: &Path,
     name: &str,
     span: Range<usize>,
     raw: &super::raw::RawUpstream,
@@ -670,11 +674,12 @@ fn upstream(
         );
         return None;
     };
-    if *scheme != http::uri::Scheme::HTTP {
+    let https = *scheme == http::uri::Scheme::HTTPS;
+    if !https && *scheme != http::uri::Scheme::HTTP {
         p.at(
             raw.url.span(),
             format!("{field}.url"),
-            format!("scheme '{scheme}' is not supported yet; use http://"),
+            format!("scheme '{scheme}' is not supported; use http:// or https://"),
         );
         return None;
     }
@@ -689,16 +694,88 @@ fn upstream(
     if raw.connect_timeout_ms == 0 || raw.response_timeout_ms == 0 {
         p.at(span, &field, "timeouts must be greater than zero");
     }
+    let protocol = match raw.protocol.as_ref().map(|s| (s.get_ref().as_str(), s)) {
+        None | Some(("http1", _)) => UpstreamProtocol::Http1,
+        Some(("h2", _)) => UpstreamProtocol::H2,
+        Some((other, spanned)) => {
+            p.at(
+                spanned.span(),
+                format!("{field}.protocol"),
+                format!("'{other}' is not a protocol; use \"http1\" or \"h2\""),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    let tls = match (&raw.ca_file, https) {
+        (None, false) => None,
+        (None, true) => Some(TrustRoots::System),
+        (Some(ca), false) => {
+            p.at(
+                ca.span(),
+                format!("{field}.ca_file"),
+                format!("only https:// upstreams use a CA file, and '{url}' is plain http"),
+            );
+            None
+        }
+        (Some(ca), true) => {
+            let path = base.join(ca.get_ref());
+            match ca_bundle(ca.get_ref(), &path) {
+                Ok(certs) => Some(TrustRoots::CaFile { path, certs }),
+                Err(message) => {
+                    p.at(ca.span(), format!("{field}.ca_file"), message);
+                    None
+                }
+            }
+        }
+    };
     Some(UpstreamSettings {
         name: name.to_owned(),
         scheme: scheme.clone(),
         authority: authority.clone(),
         path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        protocol,
+        tls,
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
         response_timeout: Duration::from_millis(raw.response_timeout_ms),
         pool_idle_timeout: Duration::from_secs(raw.pool_idle_timeout_seconds),
         pool_max_idle: raw.pool_max_idle,
     })
+}
+
+/// Reads a PEM bundle of CA certificates (`ca_file` as written, and resolved). Every
+/// certificate must be one rustls can use as a trust anchor: a bundle that silently trusts
+/// fewer CAs than it lists would turn into 502s much later, far from the cause.
+fn ca_bundle(
+    written: &str,
+    path: &Path,
+) -> Result<Arc<[rustls::pki_types::CertificateDer<'static>]>, String> {
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::CertificateDer;
+
+    if written.trim().is_empty() {
+        return Err("must name a PEM file of CA certificates".into());
+    }
+    let shown = path.display();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| match e {
+            pem::Error::Io(e) => format!("cannot read '{shown}': {e}"),
+            e => format!("'{shown}' is not a PEM bundle: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(format!("'{shown}' holds no PEM certificate"));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| {
+                format!(
+                    "certificate {} of '{shown}' is not a usable CA certificate: {e}",
+                    i + 1
+                )
+            })?;
+    }
+    Ok(certs.into())
 }
 
 /// The routes of the gateway's own endpoints. The keys API requires `org-keys.write` like any

@@ -1,5 +1,9 @@
 //! Forwarding an authorized request upstream, streaming both ways.
 //!
+//! Each upstream has one pooled keep-alive client, over plain TCP or over rustls (the ring
+//! provider the listener uses, TLS 1.2+, certificates always verified against the system's
+//! roots or the upstream's `ca_file`), speaking HTTP/1.1 or HTTP/2 as configured.
+//!
 //! Header hygiene follows RFC 9110 §7.6.1: hop-by-hop fields, and every field the
 //! `Connection` header names, are removed in both directions. Identity headers are removed
 //! from the inbound request in every spelling before the verified ones are added, so an
@@ -16,13 +20,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
+use hyper_util::client::legacy::{Builder as ClientBuilder, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
 use super::authorize::{Permit, ACT_HEADER};
-use crate::config::UpstreamSettings;
+use crate::config::{TrustRoots, UpstreamProtocol, UpstreamSettings};
 use crate::error::GatewayError;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6).
@@ -41,25 +46,56 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
+/// Why an upstream's client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "upstream '{upstream}': no usable root certificates in the system's store ({reason}); \
+         install the system's CA certificates or give the upstream a ca_file"
+    )]
+    SystemRoots { upstream: String, reason: String },
+}
+
 /// One upstream with its pooled keep-alive client.
 #[derive(Debug)]
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    client: Client<HttpConnector, RequestBody>,
+    client: Transport,
+}
+
+/// The client of one upstream: the connector type differs, the pooling does not.
+#[derive(Debug)]
+enum Transport {
+    Plain(Client<HttpConnector, RequestBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, RequestBody>),
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+    /// Builds the upstream's client. Connects lazily: nothing is dialled until a request. Fails
+    /// only when an https upstream without `ca_file` finds no usable system root certificates.
+    pub fn new(settings: UpstreamSettings) -> Result<Self, ClientError> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(settings.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle)
-            .build(connector);
-        Upstream { settings, client }
+            // h2c needs prior knowledge; over TLS it matches the only ALPN protocol offered.
+            .http2_only(settings.protocol == UpstreamProtocol::H2);
+        let client = match &settings.tls {
+            None => {
+                tcp.enforce_http(true);
+                Transport::Plain(builder.build(tcp))
+            }
+            Some(roots) => {
+                // The URL's scheme is https: hyper-rustls checks it, not HttpConnector.
+                tcp.enforce_http(false);
+                Transport::Tls(tls_client(&builder, &settings, roots, tcp)?)
+            }
+        };
+        Ok(Upstream { settings, client })
     }
 
     /// Sends the request. The response head must arrive within the response timeout,
@@ -75,9 +111,25 @@ impl Upstream {
     ) -> Result<Response<Incoming>, GatewayError> {
         let sent = Arc::new(Notify::new());
         let exceeded = Arc::new(AtomicBool::new(false));
-        let request =
+        let mut request =
             request.map(|body| RequestBody::new(body, sent.clone(), max_body, exceeded.clone()));
-        let response = self.client.request(request);
+        let mut connection = capture_connection(&mut request);
+        let response = match &self.client {
+            Transport::Plain(client) => client.request(request),
+            Transport::Tls(client) => client.request(request),
+        };
+        // The connect timeout bounds getting a connection, TLS handshake included: the
+        // TCP connector's own timeout stops at the TCP handshake, and a request body is not
+        // sent (so the response timeout does not start) until the connection is up.
+        let connecting = async {
+            let connect = connection.wait_for_connection_metadata();
+            if tokio::time::timeout(self.settings.connect_timeout, connect)
+                .await
+                .is_ok()
+            {
+                std::future::pending::<()>().await;
+            }
+        };
         let deadline = async {
             sent.notified().await;
             tokio::time::sleep(self.settings.response_timeout).await;
@@ -85,16 +137,81 @@ impl Upstream {
         tokio::select! {
             result = response => match result {
                 Err(_) if exceeded.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
+                // Refused connections, TLS failures (an unknown CA, a name mismatch) and broken
+                // connections alike: the upstream could not be used, a 502.
                 Err(e) => {
-                    tracing::debug!(upstream = %self.settings.name, error = %e, "upstream request failed");
+                    tracing::debug!(
+                        upstream = %self.settings.name,
+                        error = %error_chain(&e),
+                        "upstream request failed"
+                    );
                     Err(GatewayError::UpstreamUnavailable)
                 }
                 // The caller strips hop-by-hop headers: a 101 needs its Upgrade first.
                 Ok(response) => Ok(response),
             },
+            () = connecting => {
+                tracing::debug!(
+                    upstream = %self.settings.name,
+                    timeout = ?self.settings.connect_timeout,
+                    "no connection (TCP and TLS) within the connect timeout"
+                );
+                Err(GatewayError::UpstreamUnavailable)
+            }
             () = deadline => Err(GatewayError::UpstreamTimeout),
         }
     }
+}
+
+/// A client for an https upstream: rustls with the gateway's crypto provider, TLS 1.2 and 1.3,
+/// certificates verified against `roots`, ALPN `h2` or none (HTTP/1.1) as configured.
+fn tls_client(
+    builder: &ClientBuilder,
+    settings: &UpstreamSettings,
+    roots: &TrustRoots,
+    tcp: HttpConnector,
+) -> Result<Client<HttpsConnector<HttpConnector>, RequestBody>, ClientError> {
+    let versions = rustls::ClientConfig::builder_with_provider(crate::server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3");
+    let config = match roots {
+        TrustRoots::System => {
+            versions
+                .with_native_roots()
+                .map_err(|e| ClientError::SystemRoots {
+                    upstream: settings.name.clone(),
+                    reason: e.to_string(),
+                })?
+        }
+        TrustRoots::CaFile { certs, .. } => {
+            let mut store = rustls::RootCertStore::empty();
+            // Every certificate was checked to be a usable anchor when the config was loaded.
+            store.add_parsable_certificates(certs.iter().cloned());
+            versions.with_root_certificates(store)
+        }
+    }
+    .with_no_client_auth();
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = match settings.protocol {
+        UpstreamProtocol::Http1 => https.enable_http1().wrap_connector(tcp),
+        UpstreamProtocol::H2 => https.enable_http2().wrap_connector(tcp),
+    };
+    Ok(builder.build(connector))
+}
+
+/// An error and its causes, `a: b: c`: hyper's own message ("client error (Connect)") says
+/// nothing of the certificate that was refused.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The client's request body on its way upstream; tells `send` when it has been sent whole,
@@ -357,8 +474,13 @@ pub async fn forward(
     client: ClientSide<'_>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let (mut parts, body) = request.into_parts();
-    let upgrade = match parts.version {
-        http::Version::HTTP_11 => super::tunnel::requested(&parts.headers),
+    let upstream_client = &snapshot.upstreams[upstream];
+    // An HTTP/1.1 Upgrade can only be relayed to an upstream that speaks HTTP/1.1 too; to an
+    // h2 upstream the request goes as a plain one, its Upgrade stripped as hop-by-hop.
+    let upgrade = match (parts.version, upstream_client.settings.protocol) {
+        (http::Version::HTTP_11, UpstreamProtocol::Http1) => {
+            super::tunnel::requested(&parts.headers)
+        }
         _ => None,
     };
     let client_upgrade = upgrade
@@ -378,7 +500,7 @@ pub async fn forward(
     parts.version = http::Version::HTTP_11;
     let request = Request::from_parts(parts, body);
     let mut response = send_timed(
-        &snapshot.upstreams[upstream],
+        upstream_client,
         request,
         route.max_body_bytes,
         &gateway.metrics,

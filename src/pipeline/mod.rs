@@ -381,7 +381,7 @@ mod tests {
         )
         .unwrap();
         let (keys, _) = KeySet::build([&org]);
-        (Snapshot::build(Arc::new(config), None), keys)
+        (Snapshot::build(Arc::new(config), None).unwrap(), keys)
     }
 
     fn token(claims: Value) -> String {

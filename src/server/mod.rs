@@ -92,12 +92,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         }
         None => None,
     };
-    let gateway = Gateway::new(
-        Snapshot::build(Arc::new(config), None),
-        key_files,
-        keys,
-        metrics,
-    );
+    let snapshot = Snapshot::build(Arc::new(config), None)?;
+    let gateway = Gateway::new(snapshot, key_files, keys, metrics);
     let (stop_main, main_rx) = watch::channel(false);
     let (stop_rest, rest_rx) = watch::channel(false);
 

@@ -18,4 +18,5 @@ mod shutdown;
 mod store_stress;
 mod streaming;
 mod tls;
+mod upstreams;
 mod websocket;

@@ -27,7 +27,7 @@ pub struct ChildGateway {
     pub org: String,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    upstream: SocketAddr,
+    upstream_url: String,
     poll_interval_ms: u64,
     /// `[keys] dir` as written in the config.
     keys_dir: String,
@@ -50,18 +50,25 @@ fn free_port() -> u16 {
 pub fn child_config(
     port: u16,
     admin_port: u16,
-    upstream: SocketAddr,
+    upstream_url: &str,
     poll_interval_ms: u64,
     routes: &str,
 ) -> String {
-    child_config_with_keys(port, admin_port, upstream, poll_interval_ms, "keys", routes)
+    child_config_with_keys(
+        port,
+        admin_port,
+        upstream_url,
+        poll_interval_ms,
+        "keys",
+        routes,
+    )
 }
 
 /// [`child_config`] with another `[keys] dir` (relative to the config, or absolute).
 pub fn child_config_with_keys(
     port: u16,
     admin_port: u16,
-    upstream: SocketAddr,
+    upstream_url: &str,
     poll_interval_ms: u64,
     keys_dir: &str,
     routes: &str,
@@ -70,7 +77,7 @@ pub fn child_config_with_keys(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_seconds = 5\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
          [keys]\ndir = \"{keys_dir}\"\npoll_interval_ms = {poll_interval_ms}\n\n\
-         [upstreams.main]\nurl = \"http://{upstream}\"\n\n{routes}"
+         [upstreams.main]\nurl = \"{upstream_url}\"\n\n{routes}"
     )
 }
 
@@ -97,7 +104,14 @@ impl ChildGateway {
         poll_interval_ms: u64,
         symlinked_config: bool,
     ) -> Self {
-        Self::start(upstream, routes, poll_interval_ms, symlinked_config, None).await
+        let url = format!("http://{upstream}");
+        Self::start(&url, routes, poll_interval_ms, symlinked_config, None, &[]).await
+    }
+
+    /// Starts a gateway whose upstream `main` is at `upstream_url`, with these variables added
+    /// to its environment (e.g. `SSL_CERT_FILE`, which decides the system's root certificates).
+    pub async fn spawn_with_env(upstream_url: &str, routes: &str, env: &[(&str, &str)]) -> Self {
+        Self::start(upstream_url, routes, 100, false, None, env).await
     }
 
     /// Starts another gateway — its own temp dir, config, log and ports — that serves the key
@@ -107,12 +121,13 @@ impl ChildGateway {
         routes: &str,
         poll_interval_ms: u64,
     ) -> Self {
-        Self::spawn_on_keys(
-            first.upstream,
+        Self::start(
+            &first.upstream_url,
             routes,
             poll_interval_ms,
-            first.store.dir(),
-            &first.org,
+            false,
+            Some((first.store.dir(), &first.org)),
+            &[],
         )
         .await
     }
@@ -126,22 +141,25 @@ impl ChildGateway {
         keys_dir: &Path,
         org: &str,
     ) -> Self {
+        let url = format!("http://{upstream}");
         Self::start(
-            upstream,
+            &url,
             routes,
             poll_interval_ms,
             false,
             Some((keys_dir, org)),
+            &[],
         )
         .await
     }
 
     async fn start(
-        upstream: SocketAddr,
+        upstream_url: &str,
         routes: &str,
         poll_interval_ms: u64,
         symlinked_config: bool,
         shared_keys: Option<(&Path, &str)>,
+        env: &[(&str, &str)],
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scopegate.toml");
@@ -177,7 +195,7 @@ impl ChildGateway {
                 &child_config_with_keys(
                     port,
                     admin_port,
-                    upstream,
+                    upstream_url,
                     poll_interval_ms,
                     &keys_dir,
                     routes,
@@ -190,6 +208,7 @@ impl ChildGateway {
                     .arg("--config")
                     .arg(&config_path)
                     .env("SCOPEGATE_LOG", "info")
+                    .envs(env.iter().copied())
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -213,7 +232,7 @@ impl ChildGateway {
                     org,
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     admin_addr,
-                    upstream,
+                    upstream_url: upstream_url.to_owned(),
                     poll_interval_ms,
                     keys_dir,
                     child: guard.0.take().unwrap(),
@@ -247,7 +266,7 @@ impl ChildGateway {
         child_config_with_keys(
             self.addr.port(),
             self.admin_addr.port(),
-            self.upstream,
+            &self.upstream_url,
             self.poll_interval_ms,
             &self.keys_dir,
             routes,

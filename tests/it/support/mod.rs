@@ -112,6 +112,10 @@ pub struct Builder {
     poll_interval_ms: u64,
     /// A key folder shared with other gateways, and the organization to use in it.
     shared_keys: Option<(PathBuf, String)>,
+    /// `[upstreams.main] url`; `http://<the recording upstream>` unless set.
+    upstream_url: Option<String>,
+    /// Files written next to the config before it is loaded (name, contents).
+    files: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -154,6 +158,18 @@ impl Builder {
         self
     }
 
+    /// `[upstreams.main] url`, instead of `http://<the recording upstream's address>`.
+    pub fn upstream_url(mut self, url: &str) -> Self {
+        self.upstream_url = Some(url.to_owned());
+        self
+    }
+
+    /// A file next to the config (e.g. a `ca_file`), written before the gateway loads it.
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.to_owned(), contents.to_owned()));
+        self
+    }
+
     /// Extra settings inside `[upstreams.main]`.
     pub fn upstream_setting(mut self, line: &str) -> Self {
         self.upstream_extra.push_str(line);
@@ -166,8 +182,12 @@ impl Builder {
             Some((dir, _)) => toml_path(dir),
             None => "keys".to_owned(),
         };
+        let url = self
+            .upstream_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{upstream}"));
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"{keys_dir}\"\npoll_interval_ms = {}\n\n{}\n[upstreams.main]\nurl = \"http://{upstream}\"\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_seconds = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[keys]\ndir = \"{keys_dir}\"\npoll_interval_ms = {}\n\n{}\n[upstreams.main]\nurl = \"{url}\"\n{}\n{}",
             self.grace_seconds,
             self.server_extra,
             self.poll_interval_ms,
@@ -181,6 +201,9 @@ impl Builder {
     pub async fn spawn(self, upstream: &RecordingUpstream) -> TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scopegate.toml");
+        for (name, contents) in &self.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         std::fs::write(&config_path, self.config_text(upstream.addr)).unwrap();
         let config = scopegate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let store = Store::new(&config.keys.dir, config.auth.catalog.clone());
@@ -221,6 +244,8 @@ impl TestGateway {
             server_extra: String::new(),
             poll_interval_ms: 100,
             shared_keys: None,
+            upstream_url: None,
+            files: Vec::new(),
         }
     }
 

@@ -3,10 +3,14 @@
 //!
 //! Knobs: `set_delay` holds every response head (for 504 and drain tests); a request header
 //! `x-test-download: N` gets an N-byte streamed response body.
+//!
+//! `RecordingUpstream::builder()` serves over TLS (`.tls(config)`, tokio-rustls) and/or
+//! HTTP/2 only (`.http2_only()`: h2c with prior knowledge on plain TCP). It also counts the
+//! TCP connections it accepted, so tests can see pooling.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
@@ -24,6 +29,9 @@ pub struct Recorded {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body_len: u64,
+    pub version: http::Version,
+    /// The ALPN protocol of the TLS connection it came on (None: no TLS, or none agreed).
+    pub alpn: Option<Vec<u8>>,
 }
 
 impl Recorded {
@@ -36,6 +44,8 @@ impl Recorded {
 struct Shared {
     requests: Mutex<Vec<Recorded>>,
     delay_ms: AtomicU64,
+    /// TCP connections accepted, whether or not a TLS handshake followed.
+    connections: AtomicUsize,
 }
 
 pub struct RecordingUpstream {
@@ -52,7 +62,11 @@ impl Drop for RecordingUpstream {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    shared: Arc<Shared>,
+    alpn: Option<Vec<u8>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -78,6 +92,8 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .unwrap_or_default(),
         headers: parts.headers,
         body_len: len,
+        version: parts.version,
+        alpn,
     });
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
@@ -119,27 +135,91 @@ fn futures_lite_stream(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-impl RecordingUpstream {
-    pub async fn start() -> Self {
+/// How a [`RecordingUpstream`] serves: plain or TLS, HTTP/1.1 and h2 or h2 only.
+#[derive(Default)]
+pub struct UpstreamBuilder {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    http2_only: bool,
+}
+
+impl UpstreamBuilder {
+    /// Serves over TLS with this server config (its ALPN list is what the upstream offers).
+    pub fn tls(mut self, config: rustls::ServerConfig) -> Self {
+        self.tls = Some(Arc::new(config));
+        self
+    }
+
+    /// Speaks HTTP/2 only: an HTTP/1.1 request fails the connection.
+    pub fn http2_only(mut self) -> Self {
+        self.http2_only = true;
+        self
+    }
+
+    pub async fn start(self) -> RecordingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
+        let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
+        let http2_only = self.http2_only;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    match acceptor {
+                        None => serve(stream, None, s, http2_only).await,
+                        Some(acceptor) => {
+                            // A client that refuses the certificate ends here, unserved.
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                            serve(tls, alpn, s, http2_only).await;
+                        }
+                    }
                 });
             }
         });
         RecordingUpstream { addr, shared, task }
+    }
+}
+
+async fn serve<I>(io: I, alpn: Option<Vec<u8>>, shared: Arc<Shared>, http2_only: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| answer(shared.clone(), alpn.clone(), req));
+    let io = TokioIo::new(io);
+    if http2_only {
+        // hyper's own HTTP/2 server: HTTP/1.1 bytes are a protocol error, never a request.
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(io, svc)
+            .await;
+    }
+}
+
+impl RecordingUpstream {
+    /// A plain HTTP/1.1 (and h2c) upstream.
+    pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    pub fn builder() -> UpstreamBuilder {
+        UpstreamBuilder::default()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// An address where nothing listens (bound, then released).
