@@ -367,8 +367,8 @@ async fn verify_with_idps(
             pick(&keys, header.kid.as_deref(), header.alg)?
         }
     };
+    // The header's alg was checked against the provider's list above; the key decides the rest.
     let mut validation = Validation::new(header.alg);
-    validation.algorithms = idp.algorithms.clone();
     validation.leeway = leeway;
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp"]);

@@ -273,13 +273,14 @@ impl OrgExchange {
         if let Some(a) = anonymous.filter(|a| a.enabled) {
             let production = ScopeSet::from_names(scopes_for_use(KeyUse::Production));
             let key = match &a.key {
-                Some(id) => keys.iter().find(|k| *k.id == **id).ok_or_else(|| {
-                    format!("anonymous: key {id} is not a key of this organization")
-                })?,
-                None => keys
-                    .iter()
-                    .find(|k| production.is_subset_of(&k.scopes))
-                    .ok_or("anonymous sessions need a production-use key in the organization")?,
+                Some(id) => keys.iter().find(|k| *k.id == **id),
+                None => keys.iter().find(|k| production.is_subset_of(&k.scopes)),
+            };
+            let Some(key) = key else {
+                // A deleted key switches anonymous sessions off rather than making the file
+                // unloadable (which would keep the deleted key alive in its last good version).
+                tracing::warn!("anonymous sessions are off: no production-use key to sign with");
+                return Ok(out);
             };
             if !production.is_subset_of(&key.scopes) {
                 return Err(format!(

@@ -6,6 +6,7 @@ mod cli;
 mod config_examples;
 mod dashboard;
 mod errors;
+mod exchange;
 mod explain;
 mod forwarding;
 mod identity;
