@@ -239,9 +239,13 @@ pub fn prepare_headers(
     keep_authorization: bool,
 ) {
     strip_hop_by_hop(headers);
+    // Names with `_` are dropped, as nginx does by default (`underscores_in_headers off`):
+    // CGI-style upstreams read `_` and `-` alike (RFC 3875 §4.1.18), so `x_statebacked_act`,
+    // `x_forwarded_for` or `transfer_encoding` would carry past the gateway what it checks,
+    // replaces or strips under the `-` spelling.
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| names.matches(n))
+        .filter(|n| names.matches(n) || n.as_str().contains('_'))
         .cloned()
         .collect();
     for name in spoofed {
