@@ -36,6 +36,8 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 const KEEP_ALIVE: &str = "keep-alive";
+/// Connection-specific by definition (RFC 7540 §3.2.1), even when `Connection` does not name it.
+const HTTP2_SETTINGS: &str = "http2-settings";
 const PROXY_CONNECTION: &str = "proxy-connection";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -324,6 +326,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
+    headers.remove(HTTP2_SETTINGS);
 }
 
 /// The upstream URL for a normalized path and the query left after taking out the token.
