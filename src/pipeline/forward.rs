@@ -42,6 +42,16 @@ const PROXY_CONNECTION: &str = "proxy-connection";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+/// Headers some frameworks read to serve another method or path than the request line's
+/// (Symfony/Zend `X-Original-URL`, `X-Rewrite-URL`; method overrides in Rails, Express,
+/// Spring, ASP.NET): the upstream must serve what was authorized, so they never reach it.
+const OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
 
 /// One upstream with its pooled keep-alive client.
 #[derive(Debug)]
@@ -257,6 +267,9 @@ pub fn prepare_headers(
         headers.remove(header::AUTHORIZATION);
     }
     headers.remove(ACT_HEADER);
+    for name in OVERRIDES {
+        headers.remove(*name);
+    }
     headers.remove(header::HOST);
     // The gateway answers `100-continue` itself when it starts reading the body; the upstream
     // just receives the body.
