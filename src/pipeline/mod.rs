@@ -252,6 +252,22 @@ fn check_host(parts: &http::request::Parts) -> Result<(), GatewayError> {
     }
 }
 
+/// hyper decodes a final `chunked` coding and nothing else, and the gateway drops
+/// `Transfer-Encoding` (hop-by-hop) and re-frames the body; so with `gzip, chunked` or
+/// `chunked, chunked` the upstream would get a body still coded but no longer saying so. Only
+/// exactly one `chunked` is accepted (RFC 9112 §6.1: chunked at most once; other codings are
+/// not implemented here).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(GatewayError::InvalidRequest(
+            "only the chunked transfer coding is supported".into(),
+        )),
+    }
+}
+
 pub fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -271,7 +287,7 @@ pub async fn handle(
     let keys = gateway.keys.load_full();
     let (parts, body) = request.into_parts();
     let method = method_label(&parts.method);
-    let outcome = match check_host(&parts) {
+    let outcome = match check_host(&parts).and_then(|()| check_transfer_coding(&parts.headers)) {
         Ok(()) => decide(
             &snapshot,
             &keys,
