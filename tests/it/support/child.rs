@@ -31,6 +31,8 @@ pub struct ChildGateway {
     poll_interval_ms: u64,
     /// `[keys] dir` as written in the config.
     keys_dir: String,
+    /// Extra lines inside `[server]`.
+    server_extra: String,
     child: Child,
 }
 
@@ -74,6 +76,14 @@ pub fn child_config_with_keys(
     )
 }
 
+/// Puts `extra` lines at the end of the `[server]` table of a [`child_config_with_keys`] text.
+fn with_server_extra(config: String, extra: &str) -> String {
+    if extra.is_empty() {
+        return config;
+    }
+    config.replacen("\n\n[admin]", &format!("\n{extra}\n\n[admin]"), 1)
+}
+
 /// Kills a child by its PID when dropped, unless it was handed on.
 struct Guard(Option<Child>);
 
@@ -97,7 +107,15 @@ impl ChildGateway {
         poll_interval_ms: u64,
         symlinked_config: bool,
     ) -> Self {
-        Self::start(upstream, routes, poll_interval_ms, symlinked_config, None).await
+        Self::start(
+            upstream,
+            routes,
+            poll_interval_ms,
+            symlinked_config,
+            None,
+            "",
+        )
+        .await
     }
 
     /// Starts another gateway — its own temp dir, config, log and ports — that serves the key
@@ -132,6 +150,27 @@ impl ChildGateway {
             poll_interval_ms,
             false,
             Some((keys_dir, org)),
+            "",
+        )
+        .await
+    }
+
+    /// [`ChildGateway::spawn_on_keys`] with extra lines inside `[server]` (limits, timeouts).
+    pub async fn spawn_on_keys_with_server(
+        upstream: SocketAddr,
+        server_extra: &str,
+        routes: &str,
+        poll_interval_ms: u64,
+        keys_dir: &Path,
+        org: &str,
+    ) -> Self {
+        Self::start(
+            upstream,
+            routes,
+            poll_interval_ms,
+            false,
+            Some((keys_dir, org)),
+            server_extra,
         )
         .await
     }
@@ -142,6 +181,7 @@ impl ChildGateway {
         poll_interval_ms: u64,
         symlinked_config: bool,
         shared_keys: Option<(&Path, &str)>,
+        server_extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scopegate.toml");
@@ -174,13 +214,16 @@ impl ChildGateway {
             }
             write_atomically(
                 &real_config_path,
-                &child_config_with_keys(
-                    port,
-                    admin_port,
-                    upstream,
-                    poll_interval_ms,
-                    &keys_dir,
-                    routes,
+                &with_server_extra(
+                    child_config_with_keys(
+                        port,
+                        admin_port,
+                        upstream,
+                        poll_interval_ms,
+                        &keys_dir,
+                        routes,
+                    ),
+                    server_extra,
                 ),
             );
             let log = std::fs::File::create(&log_path).unwrap();
@@ -216,6 +259,7 @@ impl ChildGateway {
                     upstream,
                     poll_interval_ms,
                     keys_dir,
+                    server_extra: server_extra.to_owned(),
                     child: guard.0.take().unwrap(),
                 };
             }
@@ -244,13 +288,16 @@ impl ChildGateway {
 
     /// The config this gateway was started with, on its ports, with other routes.
     pub fn config_with_routes(&self, routes: &str) -> String {
-        child_config_with_keys(
-            self.addr.port(),
-            self.admin_addr.port(),
-            self.upstream,
-            self.poll_interval_ms,
-            &self.keys_dir,
-            routes,
+        with_server_extra(
+            child_config_with_keys(
+                self.addr.port(),
+                self.admin_addr.port(),
+                self.upstream,
+                self.poll_interval_ms,
+                &self.keys_dir,
+                routes,
+            ),
+            &self.server_extra,
         )
     }
 

@@ -24,6 +24,8 @@ pub struct Recorded {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// Trailer fields that arrived after a chunked body, if any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Recorded {
@@ -55,11 +57,17 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut len = 0u64;
+    let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     len += d.len() as u64;
+                }
+                if let Some(t) = f.trailers_ref() {
+                    trailers
+                        .get_or_insert_with(HeaderMap::new)
+                        .extend(t.clone());
                 }
             }
             Err(_) => break,
@@ -78,6 +86,7 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .unwrap_or_default(),
         headers: parts.headers,
         body_len: len,
+        trailers,
     });
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
