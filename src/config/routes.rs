@@ -20,7 +20,10 @@ pub enum Methods {
 impl Methods {
     pub fn allows(&self, method: &Method) -> bool {
         match self {
-            Methods::Any => true,
+            // `*` is any method of a reverse proxy: CONNECT asks for a tunnel to another host
+            // (RFC 9110 §9.3.6), and forwarding it would make a 2xx switch the upstream
+            // connection out of HTTP. Only a route that names CONNECT gets it.
+            Methods::Any => *method != Method::CONNECT,
             Methods::List(list) => {
                 list.contains(method) || (*method == Method::HEAD && list.contains(&Method::GET))
             }

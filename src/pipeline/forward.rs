@@ -41,10 +41,22 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 const KEEP_ALIVE: &str = "keep-alive";
+/// Connection-specific by definition (RFC 7540 §3.2.1), even when `Connection` does not name it.
+const HTTP2_SETTINGS: &str = "http2-settings";
 const PROXY_CONNECTION: &str = "proxy-connection";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+/// Headers some frameworks read to serve another method or path than the request line's
+/// (Symfony/Zend `X-Original-URL`, `X-Rewrite-URL`; method overrides in Rails, Express,
+/// Spring, ASP.NET): the upstream must serve what was authorized, so they never reach it.
+const OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
 
 /// Why an upstream's client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -356,9 +368,13 @@ pub fn prepare_headers(
     keep_authorization: bool,
 ) {
     strip_hop_by_hop(headers);
+    // Names with `_` are dropped, as nginx does by default (`underscores_in_headers off`):
+    // CGI-style upstreams read `_` and `-` alike (RFC 3875 §4.1.18), so `x_statebacked_act`,
+    // `x_forwarded_for` or `transfer_encoding` would carry past the gateway what it checks,
+    // replaces or strips under the `-` spelling.
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| names.matches(n))
+        .filter(|n| names.matches(n) || n.as_str().contains('_'))
         .cloned()
         .collect();
     for name in spoofed {
@@ -368,6 +384,9 @@ pub fn prepare_headers(
         headers.remove(header::AUTHORIZATION);
     }
     headers.remove(ACT_HEADER);
+    for name in OVERRIDES {
+        headers.remove(*name);
+    }
     headers.remove(header::HOST);
     // The gateway answers `100-continue` itself when it starts reading the body; the upstream
     // just receives the body.
@@ -437,6 +456,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
+    headers.remove(HTTP2_SETTINGS);
 }
 
 /// The upstream URL for a normalized path and the query left after taking out the token.

@@ -221,6 +221,53 @@ pub fn decide_traced<'a>(
     }
 }
 
+/// The request's host must be one unambiguous `host[:port]`. RFC 9112 §3.2: a server MUST
+/// answer 400 to an HTTP/1.1 request without a Host header, with more than one, or with an
+/// invalid one; RFC 9110 §4.2.4: userinfo in an http(s) target is an error. The gateway does
+/// not route on the host, but it hands it on (`X-Forwarded-Host`), and an upstream or cache
+/// reading another copy than the one we read is a confusion we refuse to create.
+fn check_host(parts: &http::request::Parts) -> Result<(), GatewayError> {
+    let bad =
+        || GatewayError::InvalidRequest("the Host header is missing, repeated or invalid".into());
+    if parts
+        .uri
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Err(bad());
+    }
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad());
+    }
+    match host {
+        None if parts.version == http::Version::HTTP_11 => Err(bad()),
+        None => Ok(()),
+        Some(value) if value.is_empty() => Ok(()),
+        Some(value) => match http::uri::Authority::try_from(value.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => Ok(()),
+            _ => Err(bad()),
+        },
+    }
+}
+
+/// hyper decodes a final `chunked` coding and nothing else, and the gateway drops
+/// `Transfer-Encoding` (hop-by-hop) and re-frames the body; so with `gzip, chunked` or
+/// `chunked, chunked` the upstream would get a body still coded but no longer saying so. Only
+/// exactly one `chunked` is accepted (RFC 9112 §6.1: chunked at most once; other codings are
+/// not implemented here).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(GatewayError::InvalidRequest(
+            "only the chunked transfer coding is supported".into(),
+        )),
+    }
+}
+
 pub fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -240,14 +287,20 @@ pub async fn handle(
     let keys = gateway.keys.load_full();
     let (parts, body) = request.into_parts();
     let method = method_label(&parts.method);
-    let outcome = decide(
-        &snapshot,
-        &keys,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        now_seconds(),
-    );
+    let outcome = match check_host(&parts).and_then(|()| check_transfer_coding(&parts.headers)) {
+        Ok(()) => decide(
+            &snapshot,
+            &keys,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            now_seconds(),
+        ),
+        Err(e) => Outcome {
+            route: None,
+            result: Err(e),
+        },
+    };
     let route_label: &str = outcome.route.map_or("(none)", |r| &r.template);
     let (response, error, identity) = match outcome.result {
         Err(e) => (e.into_response().map(Body::Right), Some(e), None),
@@ -270,12 +323,13 @@ pub async fn handle(
                 .await
                 .map(|r| r.map(Body::Right)),
                 Action::Forward { upstream, uri } => {
-                    let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
-                        parts
-                            .uri
-                            .authority()
-                            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-                    });
+                    // RFC 9112 §3.2.2: with an absolute-form target, the target's authority
+                    // is the host, whatever the Host header says.
+                    let host = parts
+                        .uri
+                        .authority()
+                        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                        .or_else(|| parts.headers.get(http::header::HOST).cloned());
                     let client = ClientSide {
                         peer,
                         proto,

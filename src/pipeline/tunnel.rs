@@ -13,10 +13,17 @@ use hyper_util::rt::TokioIo;
 
 use crate::gateway::Gateway;
 
-/// The `Upgrade` value when the request asks to switch protocols: an `Upgrade` header and
+/// The `Upgrade` value when the request asks to switch to WebSocket: `Upgrade: websocket` and
 /// `upgrade` among the `Connection` options.
+///
+/// Only WebSocket is tunnelled. An `h2c` upgrade (RFC 7540 §3.2) accepted by the upstream would
+/// hand the client an HTTP/2 connection straight to it, on which every later request bypasses
+/// the gateway ("h2c smuggling"); other protocols are just as unknown. Their `Upgrade` goes with
+/// the other hop-by-hop headers and the request is forwarded as a plain one.
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let upgrade = headers.get(UPGRADE)?;
+    let upgrade = headers
+        .get(UPGRADE)
+        .filter(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))?;
     let asks = headers.get_all(CONNECTION).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
             s.split(',')
@@ -65,5 +72,17 @@ mod tests {
         assert_eq!(requested(&h).unwrap(), "websocket");
         h.remove(UPGRADE);
         assert_eq!(requested(&h), None);
+    }
+
+    #[test]
+    fn only_websocket_is_tunnelled() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        for other in ["h2c", "websocket, h2c", "TLS/1.2", "HTTP/2.0"] {
+            h.insert(UPGRADE, HeaderValue::from_static(other));
+            assert_eq!(requested(&h), None, "{other}");
+        }
+        h.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert_eq!(requested(&h).unwrap(), "WebSocket");
     }
 }

@@ -14,6 +14,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,6 +255,15 @@ async fn accept_loop<F, S, B>(
         let _ = stream.set_nodelay(true);
         let guard = ConnectionGuard::open(counted.clone());
         let service = make_service(peer, proto);
+        // Set when the connection's first request head has been parsed; see `first_request`.
+        let started = Arc::new(AtomicBool::new(false));
+        let service = {
+            let started = started.clone();
+            service_fn(move |req| {
+                started.store(true, Ordering::Relaxed);
+                service.call(req)
+            })
+        };
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
@@ -262,11 +272,18 @@ async fn accept_loop<F, S, B>(
         connections.spawn(async move {
             let _guard = guard;
             let _slot = slot;
+            let deadline = first_request(limits.header_timeout, &started);
             let result = match acceptor {
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    tokio::select! {
+                        result = watcher.watch(conn.into_owned()) => result,
+                        () = deadline => {
+                            tracing::debug!(%peer, "no request within the head timeout");
+                            return;
+                        }
+                    }
                 }
                 Some(acceptor) => {
                     // The handshake shares the head's deadline: a silent client is dropped.
@@ -275,7 +292,13 @@ async fn accept_loop<F, S, B>(
                         Ok(Ok(tls)) => {
                             let conn =
                                 builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                            watcher.watch(conn.into_owned()).await
+                            tokio::select! {
+                                result = watcher.watch(conn.into_owned()) => result,
+                                () = deadline => {
+                                    tracing::debug!(%peer, "no request within the head timeout");
+                                    return;
+                                }
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -302,6 +325,19 @@ async fn accept_loop<F, S, B>(
     }
     // Cuts whatever outlived the grace period (a no-op after a complete drain).
     connections.shutdown().await;
+}
+
+/// Resolves when a connection has gone `limit` without its first request head; never once it
+/// has one. hyper's HTTP/1 head timeout only runs once the protocol is known, and the
+/// HTTP/1-or-2 detection before it waits for bytes forever: a client that connects and sends
+/// nothing (or a few bytes of the HTTP/2 preface) would hold its `max_connections` slot for
+/// good, and enough of them lock every client out. Later heads on a keep-alive connection are
+/// hyper's timeout's to bound.
+async fn first_request(limit: Duration, started: &AtomicBool) {
+    tokio::time::sleep(limit).await;
+    if started.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

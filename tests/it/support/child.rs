@@ -31,6 +31,8 @@ pub struct ChildGateway {
     poll_interval_ms: u64,
     /// `[keys] dir` as written in the config.
     keys_dir: String,
+    /// Extra lines inside `[server]`.
+    server_extra: String,
     child: Child,
 }
 
@@ -81,6 +83,14 @@ pub fn child_config_with_keys(
     )
 }
 
+/// Puts `extra` lines at the end of the `[server]` table of a [`child_config_with_keys`] text.
+fn with_server_extra(config: String, extra: &str) -> String {
+    if extra.is_empty() {
+        return config;
+    }
+    config.replacen("\n\n[admin]", &format!("\n{extra}\n\n[admin]"), 1)
+}
+
 /// Kills a child by its PID when dropped, unless it was handed on.
 struct Guard(Option<Child>);
 
@@ -105,13 +115,22 @@ impl ChildGateway {
         symlinked_config: bool,
     ) -> Self {
         let url = format!("http://{upstream}");
-        Self::start(&url, routes, poll_interval_ms, symlinked_config, None, &[]).await
+        Self::start(
+            &url,
+            routes,
+            poll_interval_ms,
+            symlinked_config,
+            None,
+            &[],
+            "",
+        )
+        .await
     }
 
     /// Starts a gateway whose upstream `main` is at `upstream_url`, with these variables added
     /// to its environment (e.g. `SSL_CERT_FILE`, which decides the system's root certificates).
     pub async fn spawn_with_env(upstream_url: &str, routes: &str, env: &[(&str, &str)]) -> Self {
-        Self::start(upstream_url, routes, 100, false, None, env).await
+        Self::start(upstream_url, routes, 100, false, None, env, "").await
     }
 
     /// Starts another gateway — its own temp dir, config, log and ports — that serves the key
@@ -128,6 +147,7 @@ impl ChildGateway {
             false,
             Some((first.store.dir(), &first.org)),
             &[],
+            "",
         )
         .await
     }
@@ -149,6 +169,29 @@ impl ChildGateway {
             false,
             Some((keys_dir, org)),
             &[],
+            "",
+        )
+        .await
+    }
+
+    /// [`ChildGateway::spawn_on_keys`] with extra lines inside `[server]` (limits, timeouts).
+    pub async fn spawn_on_keys_with_server(
+        upstream: SocketAddr,
+        server_extra: &str,
+        routes: &str,
+        poll_interval_ms: u64,
+        keys_dir: &Path,
+        org: &str,
+    ) -> Self {
+        let url = format!("http://{upstream}");
+        Self::start(
+            &url,
+            routes,
+            poll_interval_ms,
+            false,
+            Some((keys_dir, org)),
+            &[],
+            server_extra,
         )
         .await
     }
@@ -160,6 +203,7 @@ impl ChildGateway {
         symlinked_config: bool,
         shared_keys: Option<(&Path, &str)>,
         env: &[(&str, &str)],
+        server_extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scopegate.toml");
@@ -192,13 +236,16 @@ impl ChildGateway {
             }
             write_atomically(
                 &real_config_path,
-                &child_config_with_keys(
-                    port,
-                    admin_port,
-                    upstream_url,
-                    poll_interval_ms,
-                    &keys_dir,
-                    routes,
+                &with_server_extra(
+                    child_config_with_keys(
+                        port,
+                        admin_port,
+                        upstream_url,
+                        poll_interval_ms,
+                        &keys_dir,
+                        routes,
+                    ),
+                    server_extra,
                 ),
             );
             let log = std::fs::File::create(&log_path).unwrap();
@@ -235,6 +282,7 @@ impl ChildGateway {
                     upstream_url: upstream_url.to_owned(),
                     poll_interval_ms,
                     keys_dir,
+                    server_extra: server_extra.to_owned(),
                     child: guard.0.take().unwrap(),
                 };
             }
@@ -263,13 +311,16 @@ impl ChildGateway {
 
     /// The config this gateway was started with, on its ports, with other routes.
     pub fn config_with_routes(&self, routes: &str) -> String {
-        child_config_with_keys(
-            self.addr.port(),
-            self.admin_addr.port(),
-            &self.upstream_url,
-            self.poll_interval_ms,
-            &self.keys_dir,
-            routes,
+        with_server_extra(
+            child_config_with_keys(
+                self.addr.port(),
+                self.admin_addr.port(),
+                &self.upstream_url,
+                self.poll_interval_ms,
+                &self.keys_dir,
+                routes,
+            ),
+            &self.server_extra,
         )
     }
 

@@ -32,6 +32,8 @@ pub struct Recorded {
     pub version: http::Version,
     /// The ALPN protocol of the TLS connection it came on (None: no TLS, or none agreed).
     pub alpn: Option<Vec<u8>>,
+    /// Trailer fields that arrived after a chunked body, if any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Recorded {
@@ -69,11 +71,17 @@ async fn answer(
 ) -> Result<Response<Body>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut len = 0u64;
+    let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     len += d.len() as u64;
+                }
+                if let Some(t) = f.trailers_ref() {
+                    trailers
+                        .get_or_insert_with(HeaderMap::new)
+                        .extend(t.clone());
                 }
             }
             Err(_) => break,
@@ -94,6 +102,7 @@ async fn answer(
         body_len: len,
         version: parts.version,
         alpn,
+        trailers,
     });
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
