@@ -5,21 +5,38 @@ use std::process::ExitCode;
 use clap::Parser;
 use scopegate::cli::{self, Cli, Command};
 
-fn init_tracing(default: &str) {
+/// Logs go to stderr through a writer thread, so request threads only queue a line (one line
+/// per request is a lot of small writes). Not lossy: if the queue fills, requests wait rather
+/// than audit lines vanish. The guard flushes the queue when the process ends.
+fn init_tracing(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCOPEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if std::env::var("SCOPEGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
+/// The async runtime: one worker thread per core, or `$SCOPEGATE_WORKERS` (e.g. 1 when the
+/// process is pinned to one core).
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("SCOPEGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .expect("starting the tokio runtime")
@@ -29,16 +46,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let flag = cli.config.as_deref();
     match &cli.command {
         Command::Serve => {
-            init_tracing("info");
+            let _logs = init_tracing("info");
             let path = scopegate::config::config_path(flag);
             runtime().block_on(scopegate::server::serve(path))?;
         }
         Command::Demo => {
-            init_tracing("warn,scopegate=info");
+            let _logs = init_tracing("warn,scopegate=info");
             runtime().block_on(cli::demo::run())?;
         }
         Command::Check => {
-            init_tracing("warn");
+            let _logs = init_tracing("warn");
             let (output, ok) = cli::check(flag)?;
             output.print(cli.json);
             anyhow::ensure!(ok, "the key folder has problems (listed above)");
@@ -75,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::anonymous(&config, cmd)?.print(cli.json);
         }
         Command::Explain(args) => {
-            init_tracing("error");
+            let _logs = init_tracing("error");
             // 0 allow, 1 deny: anything that prevents an answer is 2.
             let (output, allowed) = match cli::explain(flag, args) {
                 Ok(answer) => answer,
