@@ -11,6 +11,7 @@
 //! - [`server`]: accept loops, graceful drain; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`error`]: every refusal and the one place it becomes a response; [`metrics`]: collectors.
 //! - [`cli`]: the `scopegate` subcommands, including [`cli::demo`].
+//! - `fuzzing` (hidden): the checks behind the fuzz targets (`fuzz/`) and `tests/fuzz_replay.rs`.
 //!
 //! # The life of one request
 //!
@@ -25,6 +26,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;
