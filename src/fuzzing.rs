@@ -236,7 +236,13 @@ pub fn token(data: &[u8]) -> Option<TokenRun> {
     if let Ok(v) = &verified {
         check_verified(&token, v, now, signer);
     }
-    let allowed = present(fx, usize::from(request % 8), &token, verified.is_ok(), now);
+    let allowed = present(
+        fx,
+        usize::from(request % 8),
+        &token,
+        verified.as_ref().ok(),
+        now,
+    );
     Some(TokenRun {
         verified: verified.is_ok(),
         allowed,
@@ -312,7 +318,13 @@ fn check_verified(token: &str, v: &pipeline::verify::Verified, now: u64, signer:
 
 /// Presents `token` with fixed request `which`; checks what the decision promises. Returns
 /// whether the request was allowed.
-fn present(fx: &Fixture, which: usize, token: &str, verified: bool, now: u64) -> bool {
+fn present(
+    fx: &Fixture,
+    which: usize,
+    token: &str,
+    verified: Option<&pipeline::verify::Verified>,
+    now: u64,
+) -> bool {
     let (method, path, extra) = REQUESTS[which];
     let mut headers = HeaderMap::new();
     for (name, value) in extra {
@@ -357,7 +369,7 @@ fn present(fx: &Fixture, which: usize, token: &str, verified: bool, now: u64) ->
     };
     assert!(!route.public, "a public route forwarded an identity");
     // A request allowed with an identity carried a token that verifies on its own.
-    assert!(verified, "decide allowed a token that verify refuses");
+    let verified = verified.expect("decide allowed a token that verify refuses");
     let key = &identity.key;
     let fixture = fixture_key(&key.id).expect("a fixture key");
     assert_eq!(&*key.org, fixture.org, "the org is the key's");
@@ -367,6 +379,12 @@ fn present(fx: &Fixture, which: usize, token: &str, verified: bool, now: u64) ->
         effective.is_subset_of(&key.scopes),
         "scopes beyond the key's"
     );
+    if let Some(claim) = &verified.claims.scope {
+        assert!(
+            effective.is_subset_of(claim),
+            "scopes beyond the token's scope claim"
+        );
+    }
     assert!(
         route.scopes.is_subset_of(effective),
         "a required scope is missing"

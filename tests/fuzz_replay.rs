@@ -321,3 +321,23 @@ fn token_seeds_are_current() {
         );
     }
 }
+
+/// How deep a generated corpus reaches: `cargo test --test fuzz_replay -- --ignored
+/// corpus_outcomes --nocapture` after a fuzz run (reads fuzz/corpus/token, not committed).
+#[test]
+#[ignore = "reads the generated corpus of a local fuzz run"]
+fn corpus_outcomes() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/token");
+    let (mut total, mut skipped, mut verified, mut allowed) = (0, 0, 0, 0);
+    for entry in fs::read_dir(dir).unwrap() {
+        total += 1;
+        match fuzzing::token(&fs::read(entry.unwrap().path()).unwrap()) {
+            None => skipped += 1,
+            Some(run) => {
+                verified += usize::from(run.verified);
+                allowed += usize::from(run.allowed);
+            }
+        }
+    }
+    println!("{total} inputs: {skipped} skipped, {verified} verified, {allowed} allowed");
+}
