@@ -12,6 +12,7 @@
 //! - [`exchange`]: token exchange (`POST /tokens`) and anonymous sessions.
 //! - [`error`]: every refusal and the one place it becomes a response; [`metrics`]: collectors.
 //! - [`cli`]: the `scopegate` subcommands, including [`cli::demo`].
+//! - `fuzzing` (hidden): the checks behind the fuzz targets (`fuzz/`) and `tests/fuzz_replay.rs`.
 //!
 //! # The life of one request
 //!
@@ -27,6 +28,8 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;

@@ -216,4 +216,88 @@ mod tests {
         assert!(!catalog.contains("billing.write"));
         assert!(catalog.resolve("state.read").is_some());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Built-in names (both spellings of the alias among them) and made-up ones.
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => prop::sample::select(BUILTIN_SCOPES.to_vec()).prop_map(str::to_owned),
+                2 => Just("org.keys.write".to_owned()),
+                1 => "[a-z]{1,6}(\\.[a-z-]{1,6}){0,2}",
+            ]
+        }
+
+        fn names() -> impl Strategy<Value = Vec<String>> {
+            prop::collection::vec(name(), 0..8)
+        }
+
+        /// The other spelling of the alias, for names that have one.
+        fn respell(n: &str) -> String {
+            match n {
+                "org.keys.write" => ORG_KEYS_WRITE.to_owned(),
+                ORG_KEYS_WRITE => "org.keys.write".to_owned(),
+                other => other.to_owned(),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn intersection_is_a_subset_of_both(a in names(), b in names()) {
+                let (a, b) = (ScopeSet::from_names(&a), ScopeSet::from_names(&b));
+                let both = a.intersect(&b);
+                prop_assert!(both.is_subset_of(&a));
+                prop_assert!(both.is_subset_of(&b));
+                prop_assert_eq!(&both, &b.intersect(&a));
+                // Nothing that both hold is lost.
+                for s in a.iter().filter(|s| b.contains(s)) {
+                    prop_assert!(both.contains(s));
+                }
+            }
+
+            #[test]
+            fn missing_is_empty_iff_subset(a in names(), b in names()) {
+                let (a, b) = (ScopeSet::from_names(&a), ScopeSet::from_names(&b));
+                let missing: Vec<&str> = a.missing_from(&b).collect();
+                prop_assert_eq!(missing.is_empty(), a.is_subset_of(&b));
+                prop_assert_eq!(missing.is_empty(), a.iter().all(|s| b.contains(s)));
+                for s in &missing {
+                    prop_assert!(a.contains(s) && !b.contains(s));
+                }
+                prop_assert!(a.intersect(&b).is_subset_of(&b));
+            }
+
+            #[test]
+            fn the_alias_is_the_same_scope_everywhere(a in names(), b in names()) {
+                let respelled: Vec<String> = a.iter().map(|n| respell(n)).collect();
+                let set = ScopeSet::from_names(&a);
+                prop_assert_eq!(&set, &ScopeSet::from_names(&respelled));
+                prop_assert!(!set.joined().contains("org.keys.write"));
+                let other = ScopeSet::from_names(&b);
+                let other_respelled = ScopeSet::from_names(b.iter().map(|n| respell(n)));
+                prop_assert_eq!(set.intersect(&other), set.intersect(&other_respelled));
+                prop_assert_eq!(set.is_subset_of(&other), set.is_subset_of(&other_respelled));
+                let catalog = Catalog::new(b.iter().map(String::as_str));
+                for n in &a {
+                    prop_assert_eq!(set.contains(n), set.contains(&respell(n)));
+                    prop_assert_eq!(catalog.contains(n), catalog.contains(&respell(n)));
+                    prop_assert_eq!(catalog.resolve(n), catalog.resolve(&respell(n)));
+                }
+            }
+
+            #[test]
+            fn joined_round_trips(a in names()) {
+                let set = ScopeSet::from_names(&a);
+                prop_assert_eq!(&ScopeSet::from_names(set.joined().split(' ').filter(|s| !s.is_empty())), &set);
+                // Sorted, without duplicates.
+                let listed: Vec<&str> = set.iter().collect();
+                prop_assert!(listed.windows(2).all(|w| w[0] < w[1]));
+                prop_assert_eq!(set.len(), a.iter().map(|n| canonical(n)).collect::<BTreeSet<_>>().len());
+            }
+        }
+    }
 }

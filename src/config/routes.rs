@@ -197,3 +197,71 @@ impl RouteTable {
         &self.routes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::pipeline::path::normalize;
+
+    static EXAMPLE: std::sync::LazyLock<crate::config::Config> = std::sync::LazyLock::new(|| {
+        let text = include_str!("../../config/statebacked.toml");
+        crate::config::parse(Path::new("/etc/scopegate/scopegate.toml"), text).unwrap()
+    });
+
+    /// One parameter value that a normalized path can carry.
+    fn value() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9._~!$&'()*+,=:@-]{1,8}(%C3%A9)?"
+            .prop_filter("dot segment", |s| s != "." && s != "..")
+    }
+
+    /// A template with each `{param}` replaced by a value, and each `{*rest}` by 1–3 values.
+    fn fill(template: &str, values: &[String]) -> (String, Vec<(String, String)>) {
+        let mut path = String::new();
+        let mut params = Vec::new();
+        for (i, seg) in template[1..].split('/').enumerate() {
+            path.push('/');
+            let v = &values[i % values.len()];
+            if let Some(name) = seg.strip_prefix("{*").and_then(|s| s.strip_suffix('}')) {
+                let rest = format!("{v}/{}/x", values[(i + 1) % values.len()]);
+                path.push_str(&rest);
+                params.push((name.to_owned(), rest));
+            } else if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                path.push_str(v);
+                params.push((name.to_owned(), v.clone()));
+            } else {
+                path.push_str(seg);
+            }
+        }
+        (path, params)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every route matches any filling of its own template, with its own method, and hands
+        /// back its own `org_param` value.
+        #[test]
+        fn a_filled_template_matches_its_route(values in prop::collection::vec(value(), 1..4)) {
+            let config = &*EXAMPLE;
+            for route in config.routes.routes() {
+                let (path, params) = fill(&route.template, &values);
+                let normal = normalize(&path);
+                prop_assert_eq!(normal.as_deref(), Ok(path.as_str()));
+                let method = match &route.methods {
+                    Methods::Any => Method::PATCH,
+                    Methods::List(list) => list[0].clone(),
+                };
+                let m = config.routes.lookup(&method, &path).unwrap();
+                prop_assert_eq!(&m.route.template, &route.template, "{}", path);
+                if let Some(name) = &route.org_param {
+                    let expected = params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+                    prop_assert_eq!(m.org, expected);
+                }
+            }
+        }
+    }
+}

@@ -303,4 +303,124 @@ mod tests {
         assert_eq!(t.value, None);
         assert_eq!(t.rest.as_deref(), Some("tokens=a"));
     }
+
+    mod properties {
+        use super::*;
+        use crate::fuzzing::percent_decode;
+        use proptest::prelude::*;
+
+        /// Pieces of request paths, good and bad, so that generated paths often normalize
+        /// and often hit each refusal.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[A-Za-z0-9._~-]{1,4}",
+                2 => "[!$&'()*+,=:@]",
+                2 => "/",
+                1 => Just(".".to_owned()),
+                1 => Just("..".to_owned()),
+                3 => "%[0-9A-Fa-f]{2}",
+                1 => prop::sample::select(vec![
+                    "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "%00", "%c3%a9", "%C0%AF",
+                    "%e2%82%ac", "\\", ";", "%", "%4", "//", " ", "\u{e9}",
+                ])
+                .prop_map(str::to_owned),
+            ]
+        }
+
+        fn any_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..12).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        /// One segment that needs no normalization: pchar minus `%` and `;`, not a dot segment.
+        fn safe_segment() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9._~!$&'()*+,=:@-]{1,8}".prop_filter("dot segment", |s| s != "." && s != "..")
+        }
+
+        fn safe_path() -> impl Strategy<Value = String> {
+            (prop::collection::vec(safe_segment(), 0..6), any::<bool>()).prop_map(
+                |(segs, slash)| {
+                    let mut p = format!("/{}", segs.join("/"));
+                    if slash && !segs.is_empty() {
+                        p.push('/');
+                    }
+                    p
+                },
+            )
+        }
+
+        /// What normalization must produce: unreserved escapes decoded, other escapes
+        /// upper-cased, everything else as it is.
+        fn reference(s: &str) -> String {
+            let b = s.as_bytes();
+            let mut out = String::new();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' {
+                    let v = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap();
+                    if is_unreserved(v) {
+                        out.push(char::from(v));
+                    } else {
+                        out.push('%');
+                        out.push_str(&s[i + 1..i + 3].to_ascii_uppercase());
+                    }
+                    i += 3;
+                } else {
+                    out.push(char::from(b[i]));
+                    i += 1;
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn normalizing_twice_is_normalizing_once(p in any_path()) {
+                if let Ok(once) = normalize(&p) {
+                    prop_assert_eq!(normalize(&once), Ok(once.clone()));
+                }
+            }
+
+            #[test]
+            fn normal_paths_hold_nothing_ambiguous(p in any_path()) {
+                if let Ok(n) = normalize(&p) {
+                    for bad in ["//", "%2F", "%2f", "%5C", "%5c", "%00", "\\", ";"] {
+                        prop_assert!(!n.contains(bad), "{:?} → {:?} holds {:?}", p, n, bad);
+                    }
+                    for seg in n[1..].split('/') {
+                        prop_assert!(seg != "." && seg != "..", "{:?} → {:?}", p, n);
+                    }
+                    prop_assert!(n.starts_with('/'));
+                }
+            }
+
+            #[test]
+            fn normalizing_keeps_the_meaning(p in any_path()) {
+                if let Ok(n) = normalize(&p) {
+                    prop_assert_eq!(&*n, reference(&p));
+                    prop_assert_eq!(percent_decode(&n), percent_decode(&p));
+                }
+            }
+
+            #[test]
+            fn safe_paths_are_kept_as_they_are(p in safe_path()) {
+                prop_assert!(matches!(normalize(&p), Ok(Cow::Borrowed(n)) if n == p), "{:?}", p);
+            }
+
+            #[test]
+            fn an_ambiguous_piece_anywhere_is_refused(
+                before in safe_path(),
+                bad in prop::sample::select(vec![
+                    "/..", "/.", "/%2e%2E", "/.%2e", "//", "%2f", "%5C", "\\", ";", "%00", "%0a",
+                    "%c0%af", "%", "%zz",
+                ]),
+                after in safe_path(),
+            ) {
+                let before = before.trim_end_matches('/');
+                let bad_path = format!("{before}{bad}{after}");
+                prop_assert_eq!(normalize(&bad_path), Err(AmbiguousPath), "{:?}", bad_path);
+            }
+        }
+    }
 }
