@@ -57,7 +57,6 @@ pub struct JwksCache {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     state: tokio::sync::Mutex<State>,
     settings: JwksSettings,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl JwksCache {
@@ -84,13 +83,7 @@ impl JwksCache {
             client: Client::builder(TokioExecutor::new()).build(connector),
             state: tokio::sync::Mutex::new(State::default()),
             settings,
-            fetches: std::sync::atomic::AtomicU64::new(0),
         }
-    }
-
-    /// How many fetches were made (for tests and metrics).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The keys at `url`, fetched if missing, stale, or lacking `kid` (cooldown permitting).
@@ -127,8 +120,6 @@ impl JwksCache {
             };
         }
         state.attempts.insert(url.to_owned(), now);
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.fetch(url).await {
             Ok(keys) => {
                 let keys = Arc::new(keys);

@@ -495,12 +495,6 @@ impl Store {
                 )))
             }
         };
-        let path = self.org_path(org)?;
-        let _lock = self.lock()?;
-        if !path.exists() {
-            return Err(StoreError::NotFound(format!("no organization '{org}'")));
-        }
-        let mut file = self.read(&path)?;
         let record = KeyRecord {
             id: new_key_id(),
             name: name.to_owned(),
@@ -512,8 +506,10 @@ impl Store {
             algorithm: alg_name.to_owned(),
             created_at: now_rfc3339(),
         };
-        file.keys.push(record.clone());
-        self.write(&path, &file)?;
+        self.update_org(org, |file| {
+            file.keys.push(record.clone());
+            Ok(())
+        })?;
         Ok(record)
     }
 
@@ -697,18 +693,14 @@ impl Store {
         if !valid_key_id(key_id) {
             return Err(StoreError::NotFound(format!("no key '{key_id}'")));
         }
-        let path = self.org_path(org)?;
-        let _lock = self.lock()?;
-        if !path.exists() {
-            return Err(StoreError::NotFound(format!("no organization '{org}'")));
-        }
-        let mut file = self.read(&path)?;
-        let before = file.keys.len();
-        file.keys.retain(|k| k.id != key_id);
-        if file.keys.len() == before {
-            return Err(StoreError::NotFound(format!("no key '{key_id}'")));
-        }
-        self.write(&path, &file)
+        self.update_org(org, |file| {
+            let before = file.keys.len();
+            file.keys.retain(|k| k.id != key_id);
+            if file.keys.len() == before {
+                return Err(StoreError::NotFound(format!("no key '{key_id}'")));
+            }
+            Ok(())
+        })
     }
 
     /// Deletes a key wherever it is. Returns the organization it belonged to.

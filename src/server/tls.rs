@@ -73,11 +73,6 @@ impl CertResolver {
     pub fn replace(&self, next: CertifiedKey) {
         self.current.store(Arc::new(next));
     }
-
-    /// The leaf certificate currently served (for tests and logs).
-    pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.load().cert[0].clone()
-    }
 }
 
 impl ResolvesServerCert for CertResolver {
