@@ -11,6 +11,7 @@
 //! - [`server`]: accept loops, graceful drain; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`exchange`]: token exchange (`POST /tokens`) and anonymous sessions.
 //! - [`error`]: every refusal and the one place it becomes a response; [`metrics`]: collectors.
+//! - [`logging`]: the batching log writer.
 //! - [`cli`]: the `scopegate` subcommands, including [`cli::demo`].
 //! - `fuzzing` (hidden): the checks behind the fuzz targets (`fuzz/`) and `tests/fuzz_replay.rs`.
 //!
@@ -32,6 +33,7 @@ pub mod exchange;
 pub mod fuzzing;
 pub mod gateway;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;

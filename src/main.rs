@@ -5,17 +5,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use scopegate::cli::{self, Cli, Command};
 
-/// Logs go to stderr through a writer thread, so request threads only queue a line (one line
-/// per request is a lot of small writes). Not lossy: if the queue fills, requests wait rather
-/// than audit lines vanish. The guard flushes the queue when the process ends.
-fn init_tracing(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr in batches (see `scopegate::logging`): request threads append the line to
+/// a buffer, a flusher thread writes it out every 100 ms. The guard flushes what is left when
+/// the process ends.
+fn init_tracing(default: &str) -> scopegate::logging::FlushGuard<std::io::Stderr> {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCOPEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    let (writer, guard) = scopegate::logging::BatchWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     if std::env::var("SCOPEGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
@@ -25,17 +25,23 @@ fn init_tracing(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-/// The async runtime: one worker thread per core, or `$SCOPEGATE_WORKERS` (e.g. 1 when the
-/// process is pinned to one core).
+/// The async runtime: one worker thread per core, or `$SCOPEGATE_WORKERS`. With one worker
+/// (a process pinned to one core) the single-threaded scheduler is used: no work-stealing
+/// queues or cross-thread wake-ups to pay for.
 fn runtime() -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("SCOPEGATE_WORKERS")
+    let workers = std::env::var("SCOPEGATE_WORKERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
+        .filter(|n| *n > 0);
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .build()
