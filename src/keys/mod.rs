@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use hmac::{Hmac, Mac as _};
+use jsonwebtoken::Algorithm;
+use sha2::{Sha256, Sha384, Sha512};
 
 use crate::scopes::ScopeSet;
 
@@ -18,8 +20,8 @@ pub struct Key {
     pub name: String,
     pub scopes: ScopeSet,
     pub algorithm: Algorithm,
-    /// HMAC key material, built once from the secret's UTF-8 bytes.
-    pub decoding: DecodingKey,
+    /// HMAC key material, prepared once from the secret's UTF-8 bytes.
+    pub mac: Mac,
     /// The same secret for signing, when token exchange mints with this key.
     pub(crate) signing: jsonwebtoken::EncodingKey,
     /// `scopes.joined()` as a header value, for the common case of no `scope` claim.
@@ -43,6 +45,48 @@ impl std::fmt::Debug for Key {
             .field("scopes", &self.scopes.joined())
             .field("algorithm", &self.algorithm)
             .finish_non_exhaustive()
+    }
+}
+
+/// An HMAC key prepared once: the key's inner and outer pad blocks are hashed when it is
+/// loaded, so checking a signature hashes only the token (RFC 2104 §4's precomputation).
+#[derive(Clone)]
+pub enum Mac {
+    Hs256(Hmac<Sha256>),
+    Hs384(Hmac<Sha384>),
+    Hs512(Hmac<Sha512>),
+}
+
+impl Mac {
+    /// The prepared key for an HMAC `algorithm`; `None` for any other algorithm.
+    pub fn new(algorithm: Algorithm, secret: &[u8]) -> Option<Self> {
+        Some(match algorithm {
+            Algorithm::HS256 => Mac::Hs256(Hmac::new_from_slice(secret).ok()?),
+            Algorithm::HS384 => Mac::Hs384(Hmac::new_from_slice(secret).ok()?),
+            Algorithm::HS512 => Mac::Hs512(Hmac::new_from_slice(secret).ok()?),
+            _ => return None,
+        })
+    }
+
+    /// Whether `tag` is this key's MAC of `message`: the whole tag, compared in constant time.
+    pub fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
+        fn check<M: hmac::Mac + Clone>(mac: &M, message: &[u8], tag: &[u8]) -> bool {
+            let mut mac = mac.clone();
+            mac.update(message);
+            mac.verify_slice(tag).is_ok()
+        }
+        match self {
+            Mac::Hs256(m) => check(m, message, tag),
+            Mac::Hs384(m) => check(m, message, tag),
+            Mac::Hs512(m) => check(m, message, tag),
+        }
+    }
+}
+
+impl std::fmt::Debug for Mac {
+    // Holds the secret's pads: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mac(..)")
     }
 }
 

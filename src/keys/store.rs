@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{Key, OrgKeys};
+use super::{Key, Mac, OrgKeys};
 use crate::exchange::org::OrgExchange;
 use crate::exchange::records::{AnonymousRecord, IdpRecord, TokenProviderRecord};
 use crate::scopes::{Catalog, ScopeSet};
@@ -299,7 +299,7 @@ pub fn parse_org_file(file: &Path, text: &str, catalog: &Catalog) -> Result<OrgK
             name: k.name.clone(),
             scopes,
             algorithm,
-            decoding: DecodingKey::from_secret(k.secret.as_bytes()),
+            mac: Mac::new(algorithm, k.secret.as_bytes()).expect("an HMAC algorithm"),
             signing: crate::exchange::signing_key(&k.secret),
             scopes_header,
             created_at: k.created_at.clone(),

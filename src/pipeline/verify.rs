@@ -6,10 +6,14 @@
 //! (`jwk`, `jku`, `x5u`, `x5c`, `crit`) are refused outright: we never use them, and a token
 //! that carries them was not made by a State Backed key.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -19,14 +23,13 @@ use crate::error::{GatewayError, TokenFault};
 use crate::keys::{Key, KeySet};
 use crate::scopes::ScopeSet;
 
-/// Validation rules prepared once per config, one per HMAC algorithm.
+/// Validation rules prepared once per config.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     max_token_bytes: usize,
     leeway: u64,
-    hs256: Validation,
-    hs384: Validation,
-    hs512: Validation,
+    require_exp: bool,
+    audiences: HashSet<String>,
 }
 
 /// A token whose signature and time claims checked out.
@@ -36,7 +39,8 @@ pub struct Verified {
     pub claims: Claims,
 }
 
-/// The claims the gateway reads. `exp`, `nbf`, `aud` are checked by jsonwebtoken.
+/// The claims the gateway reads, parsed once. Every field is checked for duplicates (a JSON
+/// object naming `exp` twice is refused, not read either way).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Claims {
     /// End-user claims, State Backed style.
@@ -55,6 +59,92 @@ pub struct Claims {
     pub aud: Option<Value>,
     #[serde(default)]
     pub sub: Option<Value>,
+    /// Not read; declared so that a repeated `iss` is refused like the other claims.
+    #[serde(default)]
+    #[allow(dead_code)]
+    iss: Option<IgnoredAny>,
+}
+
+/// The JOSE header (RFC 7515 §4.1), borrowed from the decoded bytes. `alg` must name an
+/// algorithm jsonwebtoken knows ("none" is not one); the string-valued parameters must be
+/// strings. The parameters that let a token bring or point at its own key, or demand
+/// unknown processing, are only noted as present: any of them refuses the token.
+#[derive(Deserialize)]
+struct Header<'a> {
+    alg: Algorithm,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    cty: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    x5t: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "x5t#S256")]
+    x5t_s256: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    enc: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    zip: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    url: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    nonce: Option<Cow<'a, str>>,
+    #[serde(default)]
+    jwk: Option<IgnoredAny>,
+    #[serde(default)]
+    jku: Option<IgnoredAny>,
+    #[serde(default)]
+    x5u: Option<IgnoredAny>,
+    #[serde(default)]
+    x5c: Option<IgnoredAny>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+impl Header<'_> {
+    fn names_its_own_key(&self) -> bool {
+        // The string-typed ones are read only for their type check.
+        let _ = (
+            &self.typ,
+            &self.cty,
+            &self.x5t,
+            &self.x5t_s256,
+            &self.enc,
+            &self.zip,
+            &self.url,
+            &self.nonce,
+        );
+        self.jwk.is_some()
+            || self.jku.is_some()
+            || self.x5u.is_some()
+            || self.x5c.is_some()
+            || self.crit.is_some()
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2) as the time checks read it: a non-negative number,
+/// fractions rounded; `null` counts as absent.
+enum Numeric {
+    Absent,
+    Bad,
+    At(u64),
+}
+
+impl Numeric {
+    fn of(v: &Option<Value>) -> Self {
+        match v {
+            None | Some(Value::Null) => Numeric::Absent,
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+                (Some(u), _) => Numeric::At(u),
+                (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
+                    Numeric::At(f.round() as u64)
+                }
+                _ => Numeric::Bad,
+            },
+            Some(_) => Numeric::Bad,
+        }
+    }
 }
 
 fn scope_claim<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ScopeSet>, D::Error> {
@@ -73,34 +163,11 @@ fn scope_claim<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ScopeSet
 
 impl Verifier {
     pub fn new(auth: &AuthSettings) -> Self {
-        let make = |alg| {
-            let mut v = Validation::new(alg);
-            v.leeway = auth.leeway_seconds;
-            v.validate_exp = true;
-            v.validate_nbf = true;
-            v.set_audience(&auth.audiences);
-            let mut required = vec!["aud"];
-            if auth.require_exp {
-                required.push("exp");
-            }
-            v.set_required_spec_claims(&required);
-            v
-        };
         Verifier {
             max_token_bytes: auth.max_token_bytes,
             leeway: auth.leeway_seconds,
-            hs256: make(Algorithm::HS256),
-            hs384: make(Algorithm::HS384),
-            hs512: make(Algorithm::HS512),
-        }
-    }
-
-    fn validation(&self, alg: Algorithm) -> Option<&Validation> {
-        match alg {
-            Algorithm::HS256 => Some(&self.hs256),
-            Algorithm::HS384 => Some(&self.hs384),
-            Algorithm::HS512 => Some(&self.hs512),
-            _ => None,
+            require_exp: auth.require_exp,
+            audiences: auth.audiences.iter().cloned().collect(),
         }
     }
 
@@ -136,18 +203,21 @@ impl Verifier {
                 "not three base64url segments separated by dots".to_owned()
             }));
         }
-        let Ok(header) = jsonwebtoken::decode_header(token) else {
+        // Exactly two dots (checked above): header.payload.signature.
+        let (message, signature) = token.rsplit_once('.').expect("two dots");
+        let (header_b64, payload_b64) = message.split_once('.').expect("two dots");
+        let header_json = URL_SAFE_NO_PAD.decode(header_b64);
+        let Some(header) = header_json
+            .as_deref()
+            .ok()
+            .and_then(|json| serde_json::from_slice::<Header>(json).ok())
+        else {
             return Err(refuse(trace, TokenFault::Malformed, || {
                 "the header is not a JSON object with a known alg (\"none\" is never accepted)"
                     .to_owned()
             }));
         };
-        if header.jwk.is_some()
-            || header.jku.is_some()
-            || header.x5u.is_some()
-            || header.x5c.is_some()
-            || header.crit.is_some()
-        {
+        if header.names_its_own_key() {
             return Err(refuse(trace, TokenFault::UnsupportedHeader, || {
                 "the header carries jwk, jku, x5u, x5c or crit".to_owned()
             }));
@@ -179,18 +249,32 @@ impl Verifier {
                 )
             }));
         }
-        let Some(validation) = self.validation(key.algorithm) else {
-            return Err(refuse(trace, TokenFault::AlgorithmMismatch, || {
-                "not an HMAC algorithm".to_owned()
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(signature) else {
+            return Err(refuse(trace, TokenFault::Malformed, || {
+                "the signature is not base64url".to_owned()
             }));
         };
-        let claims = match jsonwebtoken::decode::<Claims>(token, &key.decoding, validation) {
-            Ok(data) => data.claims,
-            Err(e) => {
-                let fault = classify(e.kind());
-                return Err(refuse(trace, fault, || e.to_string()));
-            }
+        if !key.mac.verify(message.as_bytes(), &tag) {
+            return Err(refuse(trace, TokenFault::BadSignature, || {
+                "the signature is not the key's".to_owned()
+            }));
+        }
+        let Ok(payload) = URL_SAFE_NO_PAD.decode(payload_b64) else {
+            return Err(refuse(trace, TokenFault::Malformed, || {
+                "the payload is not base64url".to_owned()
+            }));
         };
+        // A JSON object; serde would also fill a struct from an array, by position.
+        if payload.trim_ascii_start().first() != Some(&b'{') {
+            return Err(refuse(trace, TokenFault::BadClaim, || {
+                "the payload is not a JSON object".to_owned()
+            }));
+        }
+        let claims: Claims = match serde_json::from_slice(&payload) {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(trace, TokenFault::BadClaim, || e.to_string())),
+        };
+        self.check_times_and_audience(&claims, now, trace)?;
         if let Some(iat) = &claims.iat {
             let Some(iat) = iat.as_f64() else {
                 return Err(refuse(trace, TokenFault::BadClaim, || {
@@ -219,6 +303,71 @@ impl Verifier {
             claims,
         })
     }
+
+    /// RFC 7519 §4.1.3–4.1.5 with the configured leeway: `aud` (required; a string or an
+    /// array of strings, one of which must be ours), `exp` (required unless configured
+    /// otherwise), `nbf`.
+    fn check_times_and_audience(
+        &self,
+        claims: &Claims,
+        now: u64,
+        trace: &mut impl Trace,
+    ) -> Result<(), GatewayError> {
+        enum Audience<'a> {
+            Absent,
+            Bad,
+            Listed(Vec<&'a str>),
+        }
+        let audience = match &claims.aud {
+            None | Some(Value::Null) => Audience::Absent,
+            Some(Value::String(s)) => Audience::Listed(vec![s.as_str()]),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<Vec<_>>>()
+                .map_or(Audience::Bad, Audience::Listed),
+            Some(_) => Audience::Bad,
+        };
+        let exp = Numeric::of(&claims.exp);
+        let nbf = Numeric::of(&claims.nbf);
+        if !matches!(audience, Audience::Listed(_)) {
+            return Err(refuse(trace, TokenFault::MissingClaim, || {
+                "no usable aud claim".to_owned()
+            }));
+        }
+        if self.require_exp && !matches!(exp, Numeric::At(_)) {
+            return Err(refuse(trace, TokenFault::MissingClaim, || {
+                "no usable exp claim".to_owned()
+            }));
+        }
+        if matches!(exp, Numeric::Bad) || matches!(nbf, Numeric::Bad) {
+            return Err(refuse(trace, TokenFault::BadClaim, || {
+                "exp or nbf is not a non-negative number".to_owned()
+            }));
+        }
+        if let Numeric::At(exp) = exp {
+            if exp < now.saturating_sub(self.leeway) {
+                return Err(refuse(trace, TokenFault::Expired, || {
+                    format!("exp {exp} is past (now {now}, leeway {} s)", self.leeway)
+                }));
+            }
+        }
+        if let Numeric::At(nbf) = nbf {
+            if nbf > now.saturating_add(self.leeway) {
+                return Err(refuse(trace, TokenFault::NotYetValid, || {
+                    format!("nbf {nbf} is ahead (now {now}, leeway {} s)", self.leeway)
+                }));
+            }
+        }
+        if let Audience::Listed(list) = audience {
+            if !list.iter().any(|a| self.audiences.contains(*a)) {
+                return Err(refuse(trace, TokenFault::WrongAudience, || {
+                    "aud names none of the configured audiences".to_owned()
+                }));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Records why a token was refused (only when traced) and returns the error.
@@ -227,20 +376,4 @@ fn refuse(trace: &mut impl Trace, fault: TokenFault, why: impl FnOnce() -> Strin
         format!("refused ({}): {}", fault.reason(), why())
     });
     GatewayError::InvalidToken(fault)
-}
-
-fn classify(kind: &ErrorKind) -> TokenFault {
-    match kind {
-        ErrorKind::InvalidSignature => TokenFault::BadSignature,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-            TokenFault::AlgorithmMismatch
-        }
-        ErrorKind::MissingRequiredClaim(_) => TokenFault::MissingClaim,
-        ErrorKind::InvalidClaimFormat(_) => TokenFault::BadClaim,
-        ErrorKind::ExpiredSignature => TokenFault::Expired,
-        ErrorKind::ImmatureSignature => TokenFault::NotYetValid,
-        ErrorKind::InvalidAudience => TokenFault::WrongAudience,
-        ErrorKind::Json(_) => TokenFault::BadClaim,
-        _ => TokenFault::Malformed,
-    }
 }
