@@ -3,6 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// mimalloc: measurably cheaper than glibc malloc on the request path's many small
+/// allocations (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use scopegate::cli::{self, Cli, Command};
 
 /// Logs go to stderr in batches (see `scopegate::logging`): request threads append the line to

@@ -6,8 +6,8 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use hmac::{Hmac, Mac as _};
+use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use sha2::{Sha256, Sha384, Sha512};
 

@@ -112,7 +112,11 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
             let gw = gw.clone();
             service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(pipeline::handle(gw, req, peer, proto).await) }
+                // Boxed per request: hyper keeps room for one in-flight service future in every
+                // connection, idle ones included, and this one is ~4 KiB.
+                Box::pin(async move {
+                    Ok::<_, Infallible>(pipeline::handle(gw, req, peer, proto).await)
+                })
             })
         },
     ));
@@ -272,47 +276,18 @@ async fn accept_loop<F, S, B>(
         connections.spawn(async move {
             let _guard = guard;
             let _slot = slot;
-            let deadline = first_request(limits.header_timeout, &started);
-            let result = match acceptor {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! {
-                        result = watcher.watch(conn.into_owned()) => result,
-                        () = deadline => {
-                            tracing::debug!(%peer, "no request within the head timeout");
-                            return;
-                        }
-                    }
-                }
-                Some(acceptor) => {
-                    // The handshake shares the head's deadline: a silent client is dropped.
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                            tokio::select! {
-                                result = watcher.watch(conn.into_owned()) => result,
-                                () = deadline => {
-                                    tracing::debug!(%peer, "no request within the head timeout");
-                                    return;
-                                }
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
+            let conn = Conn {
+                builder: &builder,
+                watcher,
+                limits,
+                started: &started,
+                peer,
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match acceptor {
+                None => conn.serve(TokioIo::new(stream), service).await,
+                // Boxed: a TLS connection's state is much larger than a plain one's, and an
+                // inline branch would make every plain connection's task that large too.
+                Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, service)).await,
             }
         });
     }
@@ -325,6 +300,73 @@ async fn accept_loop<F, S, B>(
     }
     // Cuts whatever outlived the grace period (a no-op after a complete drain).
     connections.shutdown().await;
+}
+
+/// What one connection's task needs from its listener.
+struct Conn<'a> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Limits,
+    started: &'a AtomicBool,
+    peer: SocketAddr,
+}
+
+impl Conn<'_> {
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the drain ends it, or no
+    /// first request head arrives in time.
+    async fn serve<I, S, B>(self, io: I, service: S)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let deadline = first_request(self.limits.header_timeout, self.started);
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        let result = tokio::select! {
+            result = self.watcher.watch(conn.into_owned()) => result,
+            () = deadline => {
+                tracing::debug!(peer = %self.peer, "no request within the head timeout");
+                return;
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+
+    /// The TLS handshake (bounded by the head timeout: a silent client is dropped), then
+    /// [`Conn::serve`].
+    async fn serve_tls<S, B>(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        service: S,
+    ) where
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.serve(TokioIo::new(tls), service).await,
+            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+        }
+    }
 }
 
 /// Resolves when a connection has gone `limit` without its first request head; never once it
