@@ -16,11 +16,23 @@
 //!
 //! Every event is formatted whole and appended with one `write_all` under the lock, so lines
 //! from different threads never interleave.
+//!
+//! [`TextFormat`] is the text line format: `2026-11-28T07:59:00.123456Z  INFO target: message
+//! field=value …`, like `tracing_subscriber`'s default without colours, written with less
+//! machinery (one access line per request is on the hot path). Values are quoted and escaped
+//! whenever they hold anything but plain visible characters, so no value can forge a line.
 
+use std::fmt;
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// How long a line may wait in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -165,6 +177,133 @@ impl<W: Write + Send + 'static> Drop for FlushGuard<W> {
     }
 }
 
+/// The text log line; see the module documentation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextFormat;
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write_timestamp(&mut writer, SystemTime::now())?;
+        let meta = event.metadata();
+        write!(writer, " {:>5} {}:", meta.level(), meta.target())?;
+        let mut fields = Fields {
+            out: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, as `tracing_subscriber` writes it.
+fn write_timestamp(w: &mut impl fmt::Write, at: SystemTime) -> fmt::Result {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    write!(
+        w,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Writes ` message key=value …`.
+struct Fields<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            self.out.write_char(' ')?;
+            if field.name() != "message" {
+                self.out.write_str(field.name())?;
+                self.out.write_char('=')?;
+            }
+            value(self.out)
+        })();
+    }
+}
+
+/// Plain visible ASCII that cannot be mistaken for a separator or a quote.
+fn is_bare(s: &str) -> bool {
+    !s.is_empty()
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\')
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let message = field.name() == "message";
+        self.put(field, |w| {
+            if is_bare(value) || (message && !value.chars().any(char::is_control)) {
+                w.write_str(value)
+            } else {
+                write!(w, "{value:?}")
+            }
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let message = field.name() == "message";
+        self.put(field, |w| {
+            // Formatted once; written bare when that is safe, escaped otherwise.
+            let text = format!("{value:?}");
+            if is_bare(&text) || (message && !text.chars().any(char::is_control)) {
+                w.write_str(&text)
+            } else {
+                write!(w, "{text:?}")
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +389,50 @@ mod tests {
                 .collect();
             assert_eq!(mine, (0..2000).collect::<Vec<_>>(), "thread {t}");
         }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let mut out = String::new();
+        let at = UNIX_EPOCH + Duration::from_micros(1_795_852_740_123_456);
+        write_timestamp(&mut out, at).unwrap();
+        assert_eq!(out, "2026-11-28T07:59:00.123456Z");
+        let mut out = String::new();
+        write_timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400)).unwrap();
+        assert_eq!(out, "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn lines_carry_fields_and_values_cannot_forge_a_line() {
+        let sink = Sink::default();
+        let (writer, guard) = BatchWriter::with_interval(sink.clone(), Duration::from_secs(3600));
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(TextFormat)
+            .with_writer(writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                target: "scopegate::access",
+                method = "GET",
+                route = "/v1/{id}",
+                status = 200u16,
+                reason = "a b\nforged=1",
+                "request"
+            );
+            tracing::warn!(error = ?"x y", "upstream failed");
+        });
+        drop(guard);
+        let text = sink.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with(
+                " INFO scopegate::access: request method=GET route=/v1/{id} status=200 reason=\"a b\\nforged=1\""
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains(" WARN "), "{}", lines[1]);
+        assert!(lines[1].ends_with(": upstream failed error=\"\\\"x y\\\"\""), "{}", lines[1]);
     }
 }

@@ -14,18 +14,19 @@ use scopegate::cli::{self, Cli, Command};
 /// a buffer, a flusher thread writes it out every 100 ms. The guard flushes what is left when
 /// the process ends.
 fn init_tracing(default: &str) -> scopegate::logging::FlushGuard<std::io::Stderr> {
-    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCOPEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let (writer, guard) = scopegate::logging::BatchWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     if std::env::var("SCOPEGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
-        builder.init();
+        builder
+            .with_ansi(false)
+            .event_format(scopegate::logging::TextFormat)
+            .init();
     }
     guard
 }

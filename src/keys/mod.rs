@@ -26,6 +26,9 @@ pub struct Key {
     pub(crate) signing: jsonwebtoken::EncodingKey,
     /// `scopes.joined()` as a header value, for the common case of no `scope` claim.
     pub scopes_header: HeaderValue,
+    /// `id` and `org` as header values, for the identity headers.
+    pub id_header: HeaderValue,
+    pub org_header: HeaderValue,
     pub created_at: String,
 }
 

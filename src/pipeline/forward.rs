@@ -30,7 +30,9 @@ use super::authorize::{Permit, ACT_HEADER};
 use crate::config::{TrustRoots, UpstreamProtocol, UpstreamSettings};
 use crate::error::GatewayError;
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6).
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9112 §9.6),
+/// with the non-standard ones that mean the same: `Keep-Alive`, `Proxy-Connection`, and
+/// `HTTP2-Settings` (connection-specific by definition, RFC 7540 §3.2.1).
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::TE,
@@ -40,13 +42,10 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
 ];
-const KEEP_ALIVE: &str = "keep-alive";
-/// Connection-specific by definition (RFC 7540 §3.2.1), even when `Connection` does not name it.
-const HTTP2_SETTINGS: &str = "http2-settings";
-const PROXY_CONNECTION: &str = "proxy-connection";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const HOP_BY_HOP_EXTRA: &[&str] = &["keep-alive", "proxy-connection", "http2-settings"];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Headers some frameworks read to serve another method or path than the request line's
 /// (Symfony/Zend `X-Original-URL`, `X-Rewrite-URL`; method overrides in Rails, Express,
 /// Spring, ASP.NET): the upstream must serve what was authorized, so they never reach it.
@@ -360,6 +359,9 @@ pub struct ClientSide<'a> {
 
 /// Rewrites inbound headers into the upstream's: removes hop-by-hop and spoofable fields, sets
 /// `X-Forwarded-*`, adds the permit's identity.
+///
+/// One pass over the request's field names decides what goes (usually just `Authorization`
+/// and `Host`), rather than one hash lookup per name that might be there.
 pub fn prepare_headers(
     headers: &mut HeaderMap,
     permit: &Permit,
@@ -367,34 +369,48 @@ pub fn prepare_headers(
     client: ClientSide<'_>,
     keep_authorization: bool,
 ) {
-    strip_hop_by_hop(headers);
-    // Names with `_` are dropped, as nginx does by default (`underscores_in_headers off`):
-    // CGI-style upstreams read `_` and `-` alike (RFC 3875 §4.1.18), so `x_statebacked_act`,
-    // `x_forwarded_for` or `transfer_encoding` would carry past the gateway what it checks,
-    // replaces or strips under the `-` spelling.
-    let spoofed: Vec<HeaderName> = headers
+    let listed = connection_listed(headers);
+    let trust = client.trust_forwarded;
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| names.matches(n) || n.as_str().contains('_'))
+        .filter(|name| {
+            if listed.contains(name) {
+                return true;
+            }
+            if *name == header::AUTHORIZATION {
+                return !keep_authorization;
+            }
+            // The gateway answers `100-continue` itself when it starts reading the body; the
+            // upstream just receives the body. Host is the upstream's own.
+            if *name == header::HOST || *name == header::EXPECT || is_hop_by_hop(name) {
+                return true;
+            }
+            if !trust
+                && (*name == header::FORWARDED
+                    || *name == X_FORWARDED_HOST
+                    || *name == X_FORWARDED_PROTO)
+            {
+                return true;
+            }
+            let text = name.as_str();
+            // Names with `_` are dropped, as nginx does by default (`underscores_in_headers
+            // off`): CGI-style upstreams read `_` and `-` alike (RFC 3875 §4.1.18), so
+            // `x_statebacked_act`, `x_forwarded_for` or `transfer_encoding` would carry past
+            // the gateway what it checks, replaces or strips under the `-` spelling.
+            text.contains('_')
+                || text == ACT_HEADER
+                || OVERRIDES.contains(&text)
+                || names.matches(name)
+        })
         .cloned()
         .collect();
-    for name in spoofed {
+    for name in doomed {
         headers.remove(name);
     }
-    if !keep_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
-    headers.remove(ACT_HEADER);
-    for name in OVERRIDES {
-        headers.remove(*name);
-    }
-    headers.remove(header::HOST);
-    // The gateway answers `100-continue` itself when it starts reading the body; the upstream
-    // just receives the body.
-    headers.remove(header::EXPECT);
 
     let peer = HeaderValue::from_str(&client.peer.ip().to_string()).expect("IPs are header-safe");
-    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
-        Some(existing) if client.trust_forwarded => {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) if trust => {
             let mut joined = existing.as_bytes().to_vec();
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(peer.as_bytes());
@@ -402,30 +418,19 @@ pub fn prepare_headers(
         }
         _ => peer,
     };
-    if !client.trust_forwarded {
-        headers.remove(header::FORWARDED);
-        headers.remove(X_FORWARDED_HOST);
-        headers.remove(X_FORWARDED_PROTO);
-    }
     headers.insert(X_FORWARDED_FOR, forwarded_for);
-    if !client.trust_forwarded || !headers.contains_key(X_FORWARDED_PROTO) {
+    if !trust || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     }
     if let Some(host) = client.host {
-        if !client.trust_forwarded || !headers.contains_key(X_FORWARDED_HOST) {
+        if !trust || !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
     }
 
     if let Some(id) = &permit.identity {
-        headers.insert(
-            names.org.clone(),
-            HeaderValue::from_str(&id.key.org).expect("org ids are header-safe"),
-        );
-        headers.insert(
-            names.key.clone(),
-            HeaderValue::from_str(&id.key.id).expect("key ids are header-safe"),
-        );
+        headers.insert(names.org.clone(), id.key.org_header.clone());
+        headers.insert(names.key.clone(), id.key.id_header.clone());
         headers.insert(names.scopes.clone(), id.scopes.clone());
         if let Some(sub) = &id.sub {
             headers.insert(names.sub.clone(), sub.clone());
@@ -436,9 +441,13 @@ pub fn prepare_headers(
     }
 }
 
-/// Removes hop-by-hop fields and those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut named: Vec<HeaderName> = Vec::new();
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name) || HOP_BY_HOP_EXTRA.contains(&name.as_str())
+}
+
+/// The field names the `Connection` header lists (RFC 9110 §7.6.1); usually none.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         if let Ok(text) = value.to_str() {
             for token in text.split(',') {
@@ -448,15 +457,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in named {
+    named
+}
+
+/// Removes hop-by-hop fields and those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || listed.contains(name))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(HTTP2_SETTINGS);
 }
 
 /// The upstream URL for a normalized path and the query left after taking out the token.
