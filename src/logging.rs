@@ -261,8 +261,7 @@ impl Fields<'_, '_> {
 /// Plain visible ASCII that cannot be mistaken for a separator or a quote.
 fn is_bare(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\')
 }
 
@@ -433,6 +432,10 @@ mod tests {
             lines[0]
         );
         assert!(lines[1].contains(" WARN "), "{}", lines[1]);
-        assert!(lines[1].ends_with(": upstream failed error=\"\\\"x y\\\"\""), "{}", lines[1]);
+        assert!(
+            lines[1].ends_with(": upstream failed error=\"\\\"x y\\\"\""),
+            "{}",
+            lines[1]
+        );
     }
 }

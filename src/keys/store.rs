@@ -302,8 +302,10 @@ pub fn parse_org_file(file: &Path, text: &str, catalog: &Catalog) -> Result<OrgK
             mac: Mac::new(algorithm, k.secret.as_bytes()).expect("an HMAC algorithm"),
             signing: crate::exchange::signing_key(&k.secret),
             scopes_header,
-            id_header: http::HeaderValue::from_str(&k.id).expect("key ids are validated header-safe"),
-            org_header: http::HeaderValue::from_str(&org_id).expect("org ids are validated header-safe"),
+            id_header: http::HeaderValue::from_str(&k.id)
+                .expect("key ids are validated header-safe"),
+            org_header: http::HeaderValue::from_str(&org_id)
+                .expect("org ids are validated header-safe"),
             created_at: k.created_at.clone(),
         }));
     }

@@ -27,6 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
 use super::authorize::{Permit, ACT_HEADER};
+use super::pool::H1Pool;
+pub use super::pool::UpstreamBody;
 use crate::config::{TrustRoots, UpstreamProtocol, UpstreamSettings};
 use crate::error::GatewayError;
 
@@ -74,9 +76,11 @@ pub struct Upstream {
     client: Transport,
 }
 
-/// The client of one upstream: the connector type differs, the pooling does not.
+/// The client of one upstream. Plain HTTP/1.1 (the common case) goes through our own pool
+/// of hyper connections ([`super::pool`]); h2c and TLS upstreams through hyper's pooled client.
 #[derive(Debug)]
 enum Transport {
+    H1(H1Pool),
     Plain(Client<HttpConnector, RequestBody>),
     Tls(Client<HttpsConnector<HttpConnector>, RequestBody>),
 }
@@ -96,6 +100,9 @@ impl Upstream {
             // h2c needs prior knowledge; over TLS it matches the only ALPN protocol offered.
             .http2_only(settings.protocol == UpstreamProtocol::H2);
         let client = match &settings.tls {
+            None if settings.protocol == UpstreamProtocol::Http1 => {
+                Transport::H1(H1Pool::new(&settings))
+            }
             None => {
                 tcp.enforce_http(true);
                 Transport::Plain(builder.build(tcp))
@@ -119,15 +126,47 @@ impl Upstream {
         &self,
         request: Request<Incoming>,
         max_body: Option<u64>,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let sent = Arc::new(Notify::new());
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let mut request =
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        // Most requests have no body: no signal to wait for, and no counter.
+        let sent = (!request.body().is_end_stream()).then(|| Arc::new(Notify::new()));
+        let exceeded = max_body.map(|_| Arc::new(AtomicBool::new(false)));
+        let request =
             request.map(|body| RequestBody::new(body, sent.clone(), max_body, exceeded.clone()));
+        let deadline = async {
+            if let Some(sent) = &sent {
+                sent.notified().await;
+            }
+            tokio::time::sleep(self.settings.response_timeout).await;
+        };
+        let too_large = || exceeded.as_ref().is_some_and(|e| e.load(Ordering::Acquire));
+        let failed = |e: &dyn std::error::Error| {
+            if too_large() {
+                return GatewayError::PayloadTooLarge;
+            }
+            // Refused connections, TLS failures (an unknown CA, a name mismatch) and broken
+            // connections alike: the upstream could not be used, a 502.
+            tracing::debug!(
+                upstream = %self.settings.name,
+                error = %error_chain(e),
+                "upstream request failed"
+            );
+            GatewayError::UpstreamUnavailable
+        };
+        let client = match &self.client {
+            Transport::H1(pool) => {
+                return tokio::select! {
+                    result = pool.send(request) => result.map_err(|e| failed(&e)),
+                    () = deadline => Err(GatewayError::UpstreamTimeout),
+                };
+            }
+            Transport::Plain(_) | Transport::Tls(_) => &self.client,
+        };
+        let mut request = request;
         let mut connection = capture_connection(&mut request);
-        let response = match &self.client {
-            Transport::Plain(client) => client.request(request),
+        let response = match client {
             Transport::Tls(client) => client.request(request),
+            Transport::Plain(client) => client.request(request),
+            Transport::H1(_) => unreachable!("handled above"),
         };
         // The connect timeout bounds getting a connection, TLS handshake included: the
         // TCP connector's own timeout stops at the TCP handshake, and a request body is not
@@ -141,25 +180,11 @@ impl Upstream {
                 std::future::pending::<()>().await;
             }
         };
-        let deadline = async {
-            sent.notified().await;
-            tokio::time::sleep(self.settings.response_timeout).await;
-        };
         tokio::select! {
             result = response => match result {
-                Err(_) if exceeded.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
-                // Refused connections, TLS failures (an unknown CA, a name mismatch) and broken
-                // connections alike: the upstream could not be used, a 502.
-                Err(e) => {
-                    tracing::debug!(
-                        upstream = %self.settings.name,
-                        error = %error_chain(&e),
-                        "upstream request failed"
-                    );
-                    Err(GatewayError::UpstreamUnavailable)
-                }
+                Err(e) => Err(failed(&e)),
                 // The caller strips hop-by-hop headers: a 101 needs its Upgrade first.
-                Ok(response) => Ok(response),
+                Ok(response) => Ok(response.map(UpstreamBody::unpooled)),
             },
             () = connecting => {
                 tracing::debug!(
@@ -232,7 +257,7 @@ pub struct RequestBody {
     sent: Option<Arc<Notify>>,
     limit: Option<u64>,
     seen: u64,
-    exceeded: Arc<AtomicBool>,
+    exceeded: Option<Arc<AtomicBool>>,
 }
 
 /// The body grew past the route's `max_body_bytes`.
@@ -243,13 +268,13 @@ pub struct BodyTooLarge;
 impl RequestBody {
     fn new(
         inner: Incoming,
-        sent: Arc<Notify>,
+        sent: Option<Arc<Notify>>,
         limit: Option<u64>,
-        exceeded: Arc<AtomicBool>,
+        exceeded: Option<Arc<AtomicBool>>,
     ) -> Self {
         let mut body = RequestBody {
             inner,
-            sent: Some(sent),
+            sent,
             limit,
             seen: 0,
             exceeded,
@@ -288,7 +313,9 @@ impl hyper::body::Body for RequestBody {
                 if let (Some(limit), Some(data)) = (self.limit, frame.data_ref()) {
                     self.seen += data.len() as u64;
                     if self.seen > limit {
-                        self.exceeded.store(true, Ordering::Release);
+                        if let Some(e) = &self.exceeded {
+                            e.store(true, Ordering::Release);
+                        }
                         self.finish();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
@@ -506,7 +533,7 @@ pub async fn forward(
     route: &crate::config::Route,
     request: Request<Incoming>,
     client: ClientSide<'_>,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let (mut parts, body) = request.into_parts();
     let upstream_client = &snapshot.upstreams[upstream];
     // An HTTP/1.1 Upgrade can only be relayed to an upstream that speaks HTTP/1.1 too; to an
@@ -561,7 +588,7 @@ pub async fn send_timed(
     request: Request<Incoming>,
     max_body: Option<u64>,
     metrics: &crate::metrics::Metrics,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let started = Instant::now();
     let result = upstream.send(request, max_body).await;
     metrics
@@ -571,7 +598,7 @@ pub async fn send_timed(
 }
 
 /// The response body type of the gateway: a streamed upstream body or a small local one.
-pub type Body = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+pub type Body = http_body_util::Either<UpstreamBody, http_body_util::Full<Bytes>>;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 pub mod authorize;
 pub mod forward;
 pub mod path;
+pub mod pool;
 pub mod token;
 pub mod trace;
 pub mod tunnel;

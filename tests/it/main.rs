@@ -13,6 +13,7 @@ mod identity;
 mod keys_api;
 mod kubernetes;
 mod limits;
+mod pool;
 mod reload;
 mod replicas;
 mod shutdown;
