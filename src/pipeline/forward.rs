@@ -9,7 +9,6 @@
 //! from the inbound request in every spelling before the verified ones are added, so an
 //! upstream can trust them.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -378,7 +377,8 @@ impl IdentityNames {
 /// What the handler tells `prepare` about the client side of the request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSide<'a> {
-    pub peer: SocketAddr,
+    /// The client's IP (see [`ip_header`]).
+    pub peer_ip: &'a HeaderValue,
     pub proto: &'static str,
     pub trust_forwarded: bool,
     pub host: Option<&'a HeaderValue>,
@@ -434,8 +434,10 @@ pub fn prepare_headers(
     for name in doomed {
         headers.remove(name);
     }
+    // Room for the X-Forwarded-* and identity fields, so the map grows at most once.
+    headers.reserve(8);
 
-    let peer = HeaderValue::from_str(&client.peer.ip().to_string()).expect("IPs are header-safe");
+    let peer = client.peer_ip.clone();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
         Some(existing) if trust => {
             let mut joined = existing.as_bytes().to_vec();
@@ -466,6 +468,11 @@ pub fn prepare_headers(
             headers.insert(names.claims.clone(), claims.clone());
         }
     }
+}
+
+/// An IP address as a header value.
+pub fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("IPs are header-safe")
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

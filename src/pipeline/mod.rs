@@ -269,6 +269,23 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// The client at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The address's IP as a header value (X-Forwarded-For).
+    pub ip: http::HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            ip: forward::ip_header(addr.ip()),
+        }
+    }
+}
+
 pub fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -280,7 +297,7 @@ pub fn now_seconds() -> u64 {
 pub async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     proto: &'static str,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -332,7 +349,7 @@ pub async fn handle(
                         .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
                         .or_else(|| parts.headers.get(http::header::HOST).cloned());
                     let client = ClientSide {
-                        peer,
+                        peer_ip: &peer.ip,
                         proto,
                         trust_forwarded: snapshot.config.server.trust_forwarded_headers,
                         host: host.as_ref(),

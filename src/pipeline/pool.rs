@@ -96,13 +96,9 @@ impl H1Pool {
         &self,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
-        let origin = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .parse::<Uri>()
-            .expect("a path and query is an origin-form URI");
-        *request.uri_mut() = origin;
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
         request
             .headers_mut()
             .insert(header::HOST, self.inner.host_header.clone());

@@ -110,8 +110,11 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         Some(gw.clone()),
         move |peer, proto| {
             let gw = gw.clone();
+            // Formatted once per connection, for X-Forwarded-For.
+            let peer = pipeline::Peer::new(peer);
             service_fn(move |req| {
                 let gw = gw.clone();
+                let peer = peer.clone();
                 // Boxed per request: hyper keeps room for one in-flight service future in every
                 // connection, idle ones included, and this one is ~4 KiB.
                 Box::pin(async move {
@@ -224,7 +227,8 @@ async fn accept_loop<F, S, B>(
         .timer(TokioTimer::new())
         // Also bounds how long an idle keep-alive connection waits for its next request.
         .header_read_timeout(limits.header_timeout)
-        // A head that does not fit is answered 431 by hyper.
+        // Only used for HTTP/2 and for clear-text connections whose first bytes are too few
+        // to tell; HTTP/1.1 goes through `h1` below, which also checks `max_header_size`.
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     builder
@@ -234,6 +238,19 @@ async fn accept_loop<F, S, B>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    // The same HTTP/1 settings on their own, for clear-text connections that are plainly not
+    // HTTP/2: they skip the version detection and carry no HTTP/2 state.
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        // Also bounds how long an idle keep-alive connection waits for its next request.
+        .header_read_timeout(limits.header_timeout)
+        // A head over the limit is answered 431 by hyper. `max_header_size` checks the parsed
+        // head itself; the buffer limit alone is only checked between reads, so a larger
+        // head arriving in one read could slip past it.
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let h1 = Arc::new(h1);
     let proto = if acceptor.is_some() { "https" } else { "http" };
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -269,7 +286,9 @@ async fn accept_loop<F, S, B>(
             })
         };
         let watcher = graceful.watcher();
+        let drain = shutdown.clone();
         let builder = builder.clone();
+        let h1 = h1.clone();
         let acceptor = acceptor.clone();
         // Reap finished connections so the set holds only the open ones.
         while connections.try_join_next().is_some() {}
@@ -278,13 +297,15 @@ async fn accept_loop<F, S, B>(
             let _slot = slot;
             let conn = Conn {
                 builder: &builder,
+                h1: &h1,
                 watcher,
+                drain,
                 limits,
                 started: &started,
                 peer,
             };
             match acceptor {
-                None => conn.serve(TokioIo::new(stream), service).await,
+                None => conn.serve_plain(stream, service).await,
                 // Boxed: a TLS connection's state is much larger than a plain one's, and an
                 // inline branch would make every plain connection's task that large too.
                 Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, service)).await,
@@ -305,35 +326,54 @@ async fn accept_loop<F, S, B>(
 /// What one connection's task needs from its listener.
 struct Conn<'a> {
     builder: &'a auto::Builder<TokioExecutor>,
+    h1: &'a hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
+    /// Turns true when the listener starts draining.
+    drain: watch::Receiver<bool>,
     limits: Limits,
     started: &'a AtomicBool,
     peer: SocketAddr,
 }
 
+/// The service of a connection, as hyper takes it.
+trait ConnService<B>:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Conn<'_> {
-    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the drain ends it, or no
-    /// first request head arrives in time.
-    async fn serve<I, S, B>(self, io: I, service: S)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                http::Request<hyper::body::Incoming>,
-                Response = http::Response<B>,
-                Error = Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let deadline = first_request(self.limits.header_timeout, self.started);
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
+    /// Serves a connection until the client leaves, the drain ends it, or no first request
+    /// head arrives in time. `serve` is the protocol part (HTTP/1.1, or HTTP/1-or-2).
+    async fn run(
+        timeout: Duration,
+        started: &AtomicBool,
+        peer: SocketAddr,
+        serve: impl std::future::Future<Output = Result<(), ConnError>>,
+    ) {
+        let deadline = first_request(timeout, started);
         let result = tokio::select! {
-            result = self.watcher.watch(conn.into_owned()) => result,
+            result = serve => result,
             () = deadline => {
-                tracing::debug!(peer = %self.peer, "no request within the head timeout");
+                tracing::debug!(%peer, "no request within the head timeout");
                 return;
             }
         };
@@ -342,31 +382,140 @@ impl Conn<'_> {
         }
     }
 
+    /// A clear-text connection: HTTP/1.1 straight away when its first bytes cannot be the
+    /// HTTP/2 preface (the common case), else hyper's HTTP/1-or-2 detection (h2c with prior
+    /// knowledge, or too few bytes yet to tell).
+    async fn serve_plain<S, B>(self, stream: tokio::net::TcpStream, service: S)
+    where
+        S: ConnService<B>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<ConnError>,
+    {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let Conn {
+            builder,
+            h1,
+            watcher,
+            drain,
+            limits,
+            started,
+            peer,
+        } = self;
+        let serve = async move {
+            let mut first = [0u8; PREFACE.len()];
+            let n = stream.peek(&mut first).await?;
+            let io = TokioIo::new(stream);
+            if n > 0 && !PREFACE.starts_with(&first[..n]) {
+                serve_h1(h1, io, service, watcher, drain).await
+            } else {
+                Box::pin(serve_auto(builder, io, service, watcher)).await
+            }
+        };
+        Self::run(limits.header_timeout, started, peer, serve).await;
+    }
+
     /// The TLS handshake (bounded by the head timeout: a silent client is dropped), then
-    /// [`Conn::serve`].
+    /// HTTP/2 when ALPN chose it, HTTP/1.1 otherwise.
     async fn serve_tls<S, B>(
         self,
         acceptor: tokio_rustls::TlsAcceptor,
         stream: tokio::net::TcpStream,
         service: S,
     ) where
-        S: hyper::service::Service<
-                http::Request<hyper::body::Incoming>,
-                Response = http::Response<B>,
-                Error = Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnService<B>,
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: Into<ConnError>,
     {
-        match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.serve(TokioIo::new(tls), service).await,
-            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
-        }
+        let tls =
+            match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let Conn {
+            builder,
+            h1,
+            watcher,
+            drain,
+            limits,
+            started,
+            peer,
+        } = self;
+        let io = TokioIo::new(tls);
+        let serve = async move {
+            if h2 {
+                serve_auto(builder, io, service, watcher).await
+            } else {
+                serve_h1(h1, io, service, watcher, drain).await
+            }
+        };
+        Self::run(limits.header_timeout, started, peer, serve).await;
     }
+}
+
+/// HTTP/1.1 only. hyper-util's graceful watcher does not take this connection type, so the
+/// drain is done here; holding the watcher still makes the listener's drain wait for it.
+async fn serve_h1<I, S, B>(
+    h1: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), ConnError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: ConnService<B>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+{
+    let _counted = watcher;
+    let mut conn = std::pin::pin!(h1.serve_connection(io, service).with_upgrades());
+    let draining = async {
+        loop {
+            if *drain.borrow_and_update() {
+                return;
+            }
+            if drain.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = draining => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    result.map_err(Into::into)
+}
+
+/// HTTP/1 or HTTP/2, by hyper's detection of the HTTP/2 preface.
+async fn serve_auto<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), ConnError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: ConnService<B>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    watcher.watch(conn.into_owned()).await
 }
 
 /// Resolves when a connection has gone `limit` without its first request head; never once it
