@@ -210,6 +210,7 @@ impl Verifier {
         let Some(header) = header_json
             .as_deref()
             .ok()
+            .filter(|json| valid_json(json))
             .and_then(|json| serde_json::from_slice::<Header>(json).ok())
         else {
             return Err(refuse(trace, TokenFault::Malformed, || {
@@ -265,7 +266,7 @@ impl Verifier {
             }));
         };
         // A JSON object; serde would also fill a struct from an array, by position.
-        if payload.trim_ascii_start().first() != Some(&b'{') {
+        if payload.trim_ascii_start().first() != Some(&b'{') || !valid_json(&payload) {
             return Err(refuse(trace, TokenFault::BadClaim, || {
                 "the payload is not a JSON object".to_owned()
             }));
@@ -368,6 +369,16 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// Whether `json` is valid JSON throughout, members nobody reads included. The typed parses
+/// skip unknown members without checking them: their bytes must still be UTF-8 (RFC 8259
+/// §8.1), and their `\u` escapes characters (a lone surrogate is not one). Text with an
+/// escape is parsed once more in full to refuse those; tokens without escapes, nearly all of
+/// them, pay only for the UTF-8 check.
+fn valid_json(json: &[u8]) -> bool {
+    std::str::from_utf8(json).is_ok()
+        && (!json.windows(2).any(|w| w == b"\\u") || serde_json::from_slice::<Value>(json).is_ok())
 }
 
 /// Records why a token was refused (only when traced) and returns the error.
