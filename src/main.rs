@@ -31,23 +31,52 @@ fn init_tracing(default: &str) -> scopegate::logging::FlushGuard<std::io::Stderr
     guard
 }
 
-/// The async runtime: one worker thread per core, or `$SCOPEGATE_WORKERS`. With one worker
-/// (a process pinned to one core) the single-threaded scheduler is used: no work-stealing
-/// queues or cross-thread wake-ups to pay for.
-fn runtime() -> tokio::runtime::Runtime {
-    let workers = std::env::var("SCOPEGATE_WORKERS")
+/// The number of workers: `$SCOPEGATE_WORKERS`, else one per core.
+fn workers() -> usize {
+    std::env::var("SCOPEGATE_WORKERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0);
-    let mut builder = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `serve`'s runtimes: one single-threaded runtime per worker, each serving the connections
+/// the accept loop hands it (no work-stealing queues, no cross-thread wake-ups inside a
+/// request). The runtime returned runs the accept loops, the admin listener and the reloader;
+/// with one worker it also serves the connections itself.
+fn serve_runtime() -> tokio::runtime::Runtime {
+    let n = workers();
+    if n > 1 {
+        let handles = (0..n)
+            .map(|i| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name(format!("scopegate-worker-{i}"))
+                    .spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("starting a worker runtime");
+                        tx.send(rt.handle().clone()).expect("the main thread waits");
+                        rt.block_on(std::future::pending::<()>());
+                    })
+                    .expect("starting a worker thread");
+                rx.recv().expect("the worker sends its runtime")
+            })
+            .collect();
+        scopegate::server::set_workers(handles);
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime")
+}
+
+/// The async runtime of the other commands: one worker thread per core, or
+/// `$SCOPEGATE_WORKERS`.
+fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers());
     builder
         .enable_all()
         .build()
@@ -60,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             let _logs = init_tracing("info");
             let path = scopegate::config::config_path(flag);
-            runtime().block_on(scopegate::server::serve(path))?;
+            serve_runtime().block_on(scopegate::server::serve(path))?;
         }
         Command::Demo => {
             let _logs = init_tracing("warn,scopegate=info");

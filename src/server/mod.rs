@@ -274,6 +274,19 @@ async fn accept_loop<F, S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
+        // With worker threads, the connection moves to the next one: off this runtime's
+        // reactor here, onto the worker's in its task.
+        let worker = counted.as_ref().and_then(|_| next_worker());
+        let stream = match worker {
+            Some(_) => match stream.into_std() {
+                Ok(s) => Accepted::Moving(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not hand a connection to a worker");
+                    continue;
+                }
+            },
+            None => Accepted::Here(stream),
+        };
         let guard = ConnectionGuard::open(counted.clone());
         let service = make_service(peer, proto);
         // Set when the connection's first request head has been parsed; see `first_request`.
@@ -292,9 +305,19 @@ async fn accept_loop<F, S, B>(
         let acceptor = acceptor.clone();
         // Reap finished connections so the set holds only the open ones.
         while connections.try_join_next().is_some() {}
-        connections.spawn(async move {
+        let task = async move {
             let _guard = guard;
             let _slot = slot;
+            let stream = match stream {
+                Accepted::Here(s) => s,
+                Accepted::Moving(s) => match tokio::net::TcpStream::from_std(s) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not register a connection");
+                        return;
+                    }
+                },
+            };
             let conn = Conn {
                 builder: &builder,
                 h1: &h1,
@@ -310,7 +333,11 @@ async fn accept_loop<F, S, B>(
                 // inline branch would make every plain connection's task that large too.
                 Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, service)).await,
             }
-        });
+        };
+        match worker {
+            Some(handle) => connections.spawn_on(task, &handle),
+            None => connections.spawn(task),
+        };
     }
     drop(listener);
     tokio::select! {
@@ -516,6 +543,29 @@ where
 {
     let conn = builder.serve_connection_with_upgrades(io, service);
     watcher.watch(conn.into_owned()).await
+}
+
+/// An accepted connection: registered with this runtime, or on its way to a worker's.
+enum Accepted {
+    Here(tokio::net::TcpStream),
+    Moving(std::net::TcpStream),
+}
+
+/// The runtimes that serve main-listener connections, when `scopegate serve` runs several
+/// single-threaded ones (one per core) instead of one work-stealing runtime.
+static WORKERS: std::sync::OnceLock<Vec<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+static NEXT_WORKER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Serve main-listener connections on these runtimes, round-robin (set once, before
+/// [`start`]). Without it, connections run on the runtime that calls `start`.
+pub fn set_workers(handles: Vec<tokio::runtime::Handle>) {
+    let _ = WORKERS.set(handles);
+}
+
+fn next_worker() -> Option<tokio::runtime::Handle> {
+    let workers = WORKERS.get().filter(|w| !w.is_empty())?;
+    let i = NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % workers.len();
+    Some(workers[i].clone())
 }
 
 /// Resolves when a connection has gone `limit` without its first request head; never once it
