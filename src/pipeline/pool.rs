@@ -176,11 +176,6 @@ impl H1Pool {
             }
         });
     }
-
-    /// Idle connections held right now (tests).
-    pub fn idle_count(&self) -> usize {
-        self.inner.idle().len()
-    }
 }
 
 impl Inner {
