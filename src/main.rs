@@ -47,12 +47,14 @@ fn workers() -> usize {
 fn serve_runtime() -> tokio::runtime::Runtime {
     let n = workers();
     if n > 1 {
+        scopegate::pipeline::pool::set_workers(n);
         let handles = (0..n)
             .map(|i| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 std::thread::Builder::new()
                     .name(format!("scopegate-worker-{i}"))
                     .spawn(move || {
+                        scopegate::pipeline::pool::set_worker(i);
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()

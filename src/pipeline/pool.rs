@@ -10,9 +10,14 @@
 //!
 //! A request that finds a pooled connection already closed by the upstream before anything
 //! was written is sent again on a new connection, as hyper's own pooled client does.
+//!
+//! With several worker threads each has its own stack ([`set_worker`]): a connection is
+//! dialled, driven and reused on the worker whose request opened it, so no request waits on a
+//! wake-up from another thread. `pool_max_idle` then holds per worker.
 
+use std::cell::Cell;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -41,6 +46,24 @@ pub enum PoolError {
     Request(hyper::Error),
 }
 
+/// How many idle stacks each pool keeps (one per worker thread); set before pools are built.
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's stack index; 0 outside worker threads.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Declares `count` worker threads; call once, before the config (and its pools) is built.
+pub fn set_workers(count: usize) {
+    WORKERS.store(count.max(1), Ordering::Relaxed);
+}
+
+/// Marks the calling thread as worker `index` (0-based).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// A plain-HTTP/1.1 upstream's pool.
 #[derive(Debug)]
 pub struct H1Pool {
@@ -54,7 +77,8 @@ struct Inner {
     port: u16,
     /// The upstream's authority, sent as `Host`.
     host_header: HeaderValue,
-    idle: Mutex<Vec<IdleConn>>,
+    /// One stack per worker thread.
+    idle: Box<[Mutex<Vec<IdleConn>>]>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -81,7 +105,9 @@ impl H1Pool {
                 port: authority.port_u16().unwrap_or(80),
                 host_header: HeaderValue::from_str(authority.as_str())
                     .expect("an authority is a valid header value"),
-                idle: Mutex::new(Vec::new()),
+                idle: (0..WORKERS.load(Ordering::Relaxed))
+                    .map(|_| Mutex::new(Vec::new()))
+                    .collect(),
                 max_idle: settings.pool_max_idle,
                 idle_timeout: settings.pool_idle_timeout,
                 connect_timeout: settings.connect_timeout,
@@ -179,8 +205,10 @@ impl H1Pool {
 }
 
 impl Inner {
+    /// The calling worker's stack.
     fn idle(&self) -> MutexGuard<'_, Vec<IdleConn>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        let slot = WORKER.with(Cell::get) % self.idle.len();
+        self.idle[slot].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used connection that is ready for a request. Closed and expired
@@ -218,8 +246,11 @@ impl Inner {
     }
 
     fn prune(&self, now: Instant) {
-        self.idle()
-            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= self.idle_timeout);
+        for stack in &self.idle {
+            stack.lock().unwrap_or_else(|p| p.into_inner()).retain(|c| {
+                !c.sender.is_closed() && now.duration_since(c.since) <= self.idle_timeout
+            });
+        }
     }
 }
 
