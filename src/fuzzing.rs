@@ -290,7 +290,7 @@ fn check_verified(token: &str, v: &pipeline::verify::Verified, now: u64, signer:
     let leeway = auth.leeway_seconds as f64;
     let exp = v.claims.exp.as_ref().and_then(|e| e.as_f64());
     let exp = exp.expect("exp is required and numeric");
-    // jsonwebtoken reads its own clock; allow a few seconds for the time between the reads.
+    // The verifier was given its own reading of the clock; allow a few seconds between the reads.
     assert!(
         exp >= 0.0 && exp + leeway + 5.0 >= now as f64,
         "expired token accepted"

@@ -151,22 +151,37 @@ impl Upstream {
             );
             GatewayError::UpstreamUnavailable
         };
-        let client = match &self.client {
-            Transport::H1(pool) => {
-                return tokio::select! {
-                    result = pool.send(request) => result.map_err(|e| failed(&e)),
-                    () = deadline => Err(GatewayError::UpstreamTimeout),
-                };
+        match &self.client {
+            Transport::H1(pool) => tokio::select! {
+                result = pool.send(request) => result.map_err(|e| failed(&e)),
+                () = deadline => Err(GatewayError::UpstreamTimeout),
+            },
+            Transport::Plain(client) => {
+                self.via_legacy(request, |r| client.request(r), deadline, failed)
+                    .await
             }
-            Transport::Plain(_) | Transport::Tls(_) => &self.client,
-        };
-        let mut request = request;
+            Transport::Tls(client) => {
+                self.via_legacy(request, |r| client.request(r), deadline, failed)
+                    .await
+            }
+        }
+    }
+
+    /// [`Upstream::send`] through hyper's pooled client (h2c and TLS upstreams).
+    async fn via_legacy<F>(
+        &self,
+        mut request: Request<RequestBody>,
+        send: impl FnOnce(Request<RequestBody>) -> F,
+        deadline: impl std::future::Future<Output = ()>,
+        failed: impl Fn(&dyn std::error::Error) -> GatewayError,
+    ) -> Result<Response<UpstreamBody>, GatewayError>
+    where
+        F: std::future::Future<
+            Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+        >,
+    {
         let mut connection = capture_connection(&mut request);
-        let response = match client {
-            Transport::Tls(client) => client.request(request),
-            Transport::Plain(client) => client.request(request),
-            Transport::H1(_) => unreachable!("handled above"),
-        };
+        let response = send(request);
         // The connect timeout bounds getting a connection, TLS handshake included: the
         // TCP connector's own timeout stops at the TCP handshake, and a request body is not
         // sent (so the response timeout does not start) until the connection is up.
