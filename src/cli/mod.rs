@@ -37,6 +37,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway until SIGTERM/SIGINT; reloads config and keys as they change.
+    ///
+    /// Environment: SCOPEGATE_WORKERS=N worker threads (default: one per core; each serves
+    /// its connections on its own single-threaded runtime; 1 when pinned to one core),
+    /// SCOPEGATE_LOG=FILTER (default info; warn drops the per-request access line),
+    /// SCOPEGATE_LOG_FORMAT=json for JSON log lines.
     Serve,
     /// Run a gateway and a built-in demo upstream with throw-away keys, and print curls to try.
     Demo,
