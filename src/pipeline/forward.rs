@@ -125,6 +125,7 @@ impl Upstream {
         &self,
         request: Request<Incoming>,
         max_body: Option<u64>,
+        upgrade: bool,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // Most requests have no body: no signal to wait for, and no counter.
         let sent = (!request.body().is_end_stream()).then(|| Arc::new(Notify::new()));
@@ -153,7 +154,7 @@ impl Upstream {
         };
         match &self.client {
             Transport::H1(pool) => tokio::select! {
-                result = pool.send(request) => result.map_err(|e| failed(&e)),
+                result = pool.send(request, upgrade) => result.map_err(|e| failed(&e)),
                 () = deadline => Err(GatewayError::UpstreamTimeout),
             },
             Transport::Plain(client) => {
@@ -586,6 +587,7 @@ pub async fn forward(
         upstream_client,
         request,
         route.max_body_bytes,
+        client_upgrade.is_some(),
         &gateway.metrics,
     )
     .await?;
@@ -609,10 +611,11 @@ pub async fn send_timed(
     upstream: &Upstream,
     request: Request<Incoming>,
     max_body: Option<u64>,
+    upgrade: bool,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let started = Instant::now();
-    let result = upstream.send(request, max_body).await;
+    let result = upstream.send(request, max_body, upgrade).await;
     metrics
         .upstream_timer(&upstream.settings.name)
         .observe(started.elapsed().as_secs_f64());

@@ -1,33 +1,45 @@
-//! The keep-alive connection pool of a plain-HTTP/1.1 upstream.
+//! The keep-alive connection pool of a plain-HTTP/1.1 upstream, and the HTTP/1.1 client that
+//! uses it.
 //!
-//! hyper's HTTP/1 client connection (`hyper::client::conn::http1`) does the protocol; this
-//! module only keeps the idle connections: a stack (the most recently used is reused first,
-//! so the rest age out), at most `pool_max_idle` of them, each dropped once it has been idle
-//! for `pool_idle_timeout` or the upstream has closed it. A connection goes back on the stack
-//! when the response body it carried has been read to its end, never before: a response cut
-//! short (the client went away) closes its connection rather than leave a half-read one to
-//! the next request.
+//! The exchange runs inside the task of the request it carries: the request head (and body)
+//! is written to the upstream socket, the response head is read and parsed (`httparse`, as
+//! hyper does), and the response body is read from the socket as the client's connection
+//! asks for it. There is no connection task, no channel and no wake-up between tasks per
+//! request — the whole round trip is two system calls on the upstream side.
 //!
-//! A request that finds a pooled connection already closed by the upstream before anything
-//! was written is sent again on a new connection, as hyper's own pooled client does.
+//! Idle connections are kept on a stack (the most recently used is reused first, so the rest
+//! age out), at most `pool_max_idle` of them, each dropped once it has been idle for
+//! `pool_idle_timeout` or the upstream has closed it. A connection goes back on the stack
+//! only when the response it carried has been read to its end and nothing else arrived: a
+//! response cut short (the client went away), a close-delimited one, one with
+//! `Connection: close`, one whose framing was ambiguous, or an upload interrupted by an early
+//! answer closes its connection rather than leave it to the next request.
+//!
+//! A request on a pooled connection that the upstream had closed is sent again on a new
+//! connection when that is safe: when nothing of it was written, or when it has no body, an
+//! idempotent method, and not one byte of answer came back.
+//!
+//! Protocol upgrades (WebSocket) go through hyper's client connection instead, whose upgrade
+//! machinery the tunnel uses; those connections are never pooled.
 //!
 //! With several worker threads each has its own stack ([`set_worker`]): a connection is
 //! dialled, driven and reused on the worker whose request opened it, so no request waits on a
 //! wake-up from another thread. `pool_max_idle` then holds per worker.
 
 use std::cell::Cell;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
-use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::SendRequest;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::forward::RequestBody;
@@ -37,14 +49,29 @@ use crate::config::UpstreamSettings;
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("connecting to the upstream: {0}")]
-    Connect(#[source] std::io::Error),
+    Connect(#[source] io::Error),
     #[error("no connection within the connect timeout")]
     ConnectTimeout,
     #[error("HTTP handshake with the upstream: {0}")]
     Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Request(hyper::Error),
+    #[error("upstream connection: {0}")]
+    Io(#[source] io::Error),
+    #[error("the upstream closed the connection before it answered")]
+    Closed,
+    #[error("malformed response from the upstream: {0}")]
+    Protocol(&'static str),
+    #[error("reading the request body: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// Largest response head accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields accepted in a response head (hyper's client default).
+const MAX_HEADERS: usize = 100;
+/// What one read asks for at least.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// How many idle stacks each pool keeps (one per worker thread); set before pools are built.
 static WORKERS: AtomicUsize = AtomicUsize::new(1);
@@ -87,8 +114,34 @@ struct Inner {
 
 #[derive(Debug)]
 struct IdleConn {
-    sender: SendRequest<RequestBody>,
+    stream: TcpStream,
     since: Instant,
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// No body.
+    Nothing,
+    /// `Content-Length` bytes, copied as they come.
+    Length,
+    /// `Transfer-Encoding: chunked`, trailers passed on when the `Trailer` header names them.
+    Chunked,
+}
+
+/// An exchange that failed, and whether it may be tried again on a new connection.
+struct Failed {
+    error: PoolError,
+    retry: bool,
+}
+
+impl Failed {
+    fn fatal(error: PoolError) -> Self {
+        Failed {
+            error,
+            retry: false,
+        }
+    }
 }
 
 impl H1Pool {
@@ -117,71 +170,98 @@ impl H1Pool {
     }
 
     /// Sends `request` (an absolute URI of this upstream) in origin form with the upstream's
-    /// `Host`, on an idle connection when one is ready, else on a new one.
+    /// `Host`, on an idle connection when one is ready, else on a new one. `upgrade`: the
+    /// request asks to switch protocols, and the client side is ready to be spliced.
     pub async fn send(
         &self,
         mut request: Request<RequestBody>,
+        upgrade: bool,
     ) -> Result<Response<UpstreamBody>, PoolError> {
-        let mut origin = http::uri::Parts::default();
-        origin.path_and_query = request.uri().path_and_query().cloned();
-        *request.uri_mut() = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
         request
             .headers_mut()
             .insert(header::HOST, self.inner.host_header.clone());
-        if let Some(mut sender) = self.inner.take_idle() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
-                Err(mut e) => match e.take_message() {
-                    // Never written (the connection closed as it was taken): a new one.
-                    Some(back) => request = back,
-                    None => return Err(PoolError::Request(e.into_error())),
-                },
+        if upgrade {
+            let mut origin = http::uri::Parts::default();
+            origin.path_and_query = request.uri().path_and_query().cloned();
+            *request.uri_mut() = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
+            return self.send_upgrade(request).await;
+        }
+        let (mut parts, mut body) = request.into_parts();
+        let sending = framing(&mut parts.headers, &body);
+        let head = encode_head(&parts.method, &parts.uri, &parts.headers);
+        let trailers = if sending == Sending::Chunked {
+            allowed_trailers(&parts.headers)
+        } else {
+            Vec::new()
+        };
+        let head_request = parts.method == Method::HEAD;
+        // Sent again after the upstream closed a pooled connection under it only when the
+        // upstream cannot have acted on it.
+        let replayable = sending == Sending::Nothing && parts.method.is_idempotent();
+        let mut fresh_only = false;
+        loop {
+            let (mut stream, pooled) = match (!fresh_only).then(|| self.inner.take_idle()).flatten()
+            {
+                Some(stream) => (stream, true),
+                None => (self.connect().await?, false),
+            };
+            let outcome = exchange(
+                &mut stream,
+                &head,
+                &mut body,
+                sending,
+                &trailers,
+                replayable,
+            )
+            .await;
+            match outcome {
+                Ok(received) => return received.into_response(stream, head_request, &self.inner),
+                Err(failed) if failed.retry && pooled => {
+                    tracing::debug!(error = %failed.error, "pooled upstream connection was closed; sending on a new one");
+                    fresh_only = true;
+                }
+                Err(failed) => return Err(failed.error),
             }
         }
-        let mut sender = self.connect().await?;
+    }
+
+    /// An upgrade request, through hyper's client connection (its upgrade hands the socket
+    /// to the tunnel). Never pooled.
+    async fn send_upgrade(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        let stream = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
         let response = sender
             .send_request(request)
             .await
             .map_err(PoolError::Request)?;
-        Ok(self.wrap(response, sender))
+        Ok(response.map(UpstreamBody::unpooled))
     }
 
-    fn wrap(
-        &self,
-        response: Response<Incoming>,
-        sender: SendRequest<RequestBody>,
-    ) -> Response<UpstreamBody> {
-        // After a 101 the connection belongs to the tunnel.
-        let reuse = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Reuse {
-            pool: self.inner.clone(),
-            sender,
-        });
-        response.map(|body| UpstreamBody::new(body, reuse))
-    }
-
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, PoolError> {
+    async fn connect(&self) -> Result<TcpStream, PoolError> {
         let inner = &self.inner;
         let dial = async {
             let stream = TcpStream::connect((inner.host.as_str(), inner.port))
                 .await
                 .map_err(PoolError::Connect)?;
             stream.set_nodelay(true).map_err(PoolError::Connect)?;
-            let (sender, connection) = hyper::client::conn::http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(PoolError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-            Ok(sender)
+            Ok(stream)
         };
-        let sender = tokio::time::timeout(inner.connect_timeout, dial)
+        let stream = tokio::time::timeout(inner.connect_timeout, dial)
             .await
             .map_err(|_| PoolError::ConnectTimeout)??;
         self.start_reaper();
-        Ok(sender)
+        Ok(stream)
     }
 
     /// Closes connections that outstay the idle timeout even when no request comes to notice
@@ -204,6 +284,448 @@ impl H1Pool {
     }
 }
 
+/// Settles the request body's framing headers the way hyper's client does: an empty body
+/// sends none (a `Content-Length: 0` the client sent stays), a body of known length sends
+/// `Content-Length`, any other body goes chunked.
+fn framing(headers: &mut HeaderMap, body: &RequestBody) -> Sending {
+    headers.remove(header::TRANSFER_ENCODING);
+    if body.is_end_stream() {
+        return Sending::Nothing;
+    }
+    match body.size_hint().exact() {
+        Some(length) => {
+            if !headers.contains_key(header::CONTENT_LENGTH) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            Sending::Length
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Sending::Chunked
+        }
+    }
+}
+
+/// The trailer fields a chunked request may pass on: those its `Trailer` header announces.
+fn allowed_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// `METHOD /path?query HTTP/1.1` and the header fields.
+fn encode_head(method: &Method, uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut size = method.as_str().len() + target.len() + 14;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut head = Vec::with_capacity(size);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// A response head as read, with the bytes that followed it.
+struct Received {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    rest: Bytes,
+    /// The upload was cut short by an early answer: the connection cannot be reused.
+    interrupted: bool,
+}
+
+/// Writes the request, then reads up to the end of the response head (skipping interim 1xx
+/// answers). A body is sent while watching for an answer that comes before it is all sent.
+async fn exchange(
+    stream: &mut TcpStream,
+    head: &[u8],
+    body: &mut RequestBody,
+    sending: Sending,
+    trailers: &[HeaderName],
+    replayable: bool,
+) -> Result<Received, Failed> {
+    let mut answer = BytesMut::with_capacity(READ_CHUNK);
+    let mut interrupted = false;
+    if sending == Sending::Nothing {
+        write_first(stream, head).await?;
+    } else {
+        let (mut reader, mut writer) = stream.split();
+        let upload = send_body(&mut writer, head, body, sending, trailers);
+        let early = async {
+            // Closed mid-upload: the upload's own error says what happened.
+            if let Ok(0) = tokio::io::AsyncReadExt::read_buf(&mut reader, &mut answer).await {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            sent = upload => sent?,
+            () = early => interrupted = true,
+        }
+    }
+    loop {
+        if !answer.is_empty() {
+            match parse_head(answer.split().freeze())? {
+                Head::Complete(mut received) => {
+                    received.interrupted = interrupted;
+                    return Ok(received);
+                }
+                Head::Partial(so_far) if so_far.len() >= MAX_HEAD => {
+                    return Err(Failed::fatal(PoolError::Protocol(
+                        "the response head is too large",
+                    )))
+                }
+                Head::Partial(so_far) => answer = so_far,
+            }
+        }
+        if answer.capacity() - answer.len() < READ_CHUNK / 2 {
+            answer.reserve(READ_CHUNK);
+        }
+        match tokio::io::AsyncReadExt::read_buf(stream, &mut answer).await {
+            Ok(0) if answer.is_empty() => {
+                return Err(Failed {
+                    error: PoolError::Closed,
+                    retry: replayable,
+                })
+            }
+            Ok(0) => {
+                return Err(Failed::fatal(PoolError::Protocol(
+                    "the connection closed inside the response head",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reset = matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                );
+                return Err(Failed {
+                    error: PoolError::Io(e),
+                    retry: replayable && reset && answer.is_empty(),
+                });
+            }
+        }
+    }
+}
+
+/// The first write of a bodiless request: when it fails nothing was sent, so it may be
+/// tried again.
+async fn write_first(stream: &mut TcpStream, head: &[u8]) -> Result<(), Failed> {
+    let mut written = 0;
+    while written < head.len() {
+        match stream.write(&head[written..]).await {
+            Ok(0) => {
+                return Err(Failed {
+                    error: PoolError::Io(io::ErrorKind::WriteZero.into()),
+                    retry: written == 0,
+                })
+            }
+            Ok(n) => written += n,
+            Err(e) => {
+                return Err(Failed {
+                    error: PoolError::Io(e),
+                    retry: written == 0,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the head and the body, framed as `sending` says. Frames that are ready at once go
+/// out with what precedes them in one write.
+async fn send_body(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    head: &[u8],
+    body: &mut RequestBody,
+    sending: Sending,
+    trailers: &[HeaderName],
+) -> Result<(), Failed> {
+    let mut out = BytesMut::with_capacity(head.len() + 512);
+    out.extend_from_slice(head);
+    // Part of the body is gone once a frame was polled: never sent again.
+    let io = |e: io::Error| Failed::fatal(PoolError::Io(e));
+    loop {
+        let frame =
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+            {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !out.is_empty() {
+                        writer.write_all(&out).await.map_err(io)?;
+                        out.clear();
+                    }
+                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                }
+            };
+        match frame {
+            None => break,
+            Some(Err(e)) => return Err(Failed::fatal(PoolError::Body(e))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if sending == Sending::Chunked {
+                        out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                }
+                Err(frame) => {
+                    if let (Sending::Chunked, Ok(fields)) = (sending, frame.into_trailers()) {
+                        out.extend_from_slice(b"0\r\n");
+                        for (name, value) in &fields {
+                            if trailers.contains(name) {
+                                out.extend_from_slice(name.as_str().as_bytes());
+                                out.extend_from_slice(b": ");
+                                out.extend_from_slice(value.as_bytes());
+                                out.extend_from_slice(b"\r\n");
+                            }
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        writer.write_all(&out).await.map_err(io)?;
+                        return Ok(());
+                    }
+                }
+            },
+        }
+        if out.len() >= 64 * 1024 {
+            writer.write_all(&out).await.map_err(io)?;
+            out.clear();
+        }
+    }
+    if sending == Sending::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        writer.write_all(&out).await.map_err(io)?;
+    }
+    Ok(())
+}
+
+/// What [`parse_head`] found.
+enum Head {
+    Complete(Received),
+    /// More bytes are needed: the bytes so far, to read on after.
+    Partial(BytesMut),
+}
+
+/// Parses a response head at the start of `bytes`. Interim (1xx) answers other than 101 are
+/// dropped. Header values are slices of `bytes`: no copies.
+fn parse_head(mut bytes: Bytes) -> Result<Head, Failed> {
+    loop {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &bytes,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(Head::Partial(BytesMut::from(bytes))),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Failed::fatal(PoolError::Protocol(
+                    "too many header fields in the response",
+                )))
+            }
+            Err(_) => {
+                return Err(Failed::fatal(PoolError::Protocol(
+                    "the response head does not parse",
+                )))
+            }
+        };
+        let code = response.code.unwrap_or(0);
+        if (100..200).contains(&code) && code != 101 {
+            bytes.advance(length);
+            continue;
+        }
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Failed::fatal(PoolError::Protocol("invalid status code")))?;
+        let version = if response.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for field in response.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| Failed::fatal(PoolError::Protocol("invalid header name")))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
+                .map_err(|_| Failed::fatal(PoolError::Protocol("invalid header value")))?;
+            headers.append(name, value);
+        }
+        return Ok(Head::Complete(Received {
+            status,
+            version,
+            headers,
+            rest: bytes.slice(length..),
+            interrupted: false,
+        }));
+    }
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug)]
+enum Delimited {
+    /// This many bytes to go.
+    Length(u64),
+    Chunked(Chunked),
+    /// Up to the end of the connection.
+    Close,
+    Done,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes to go.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section up to its empty line.
+    Trailers,
+}
+
+impl Received {
+    /// The response, its body reading the rest from `stream`.
+    fn into_response(
+        self,
+        stream: TcpStream,
+        head_request: bool,
+        pool: &Arc<Inner>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        let Received {
+            status,
+            version,
+            mut headers,
+            rest,
+            interrupted,
+        } = self;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // Only an upgrade request (which does not come here) may be switched.
+            return Err(PoolError::Protocol(
+                "101 to a request that asked no upgrade",
+            ));
+        }
+        let mut reusable = !interrupted && keeps_alive(version, &headers);
+        let no_body =
+            head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let delimited = if no_body {
+            Delimited::Done
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            // Transfer-Encoding overrides Content-Length, and the pair is a sign of a
+            // desynchronised peer: never reuse that connection.
+            if headers.remove(header::CONTENT_LENGTH).is_some() {
+                reusable = false;
+            }
+            if version == Version::HTTP_11 && ends_chunked(&headers) {
+                Delimited::Chunked(Chunked::Size)
+            } else {
+                Delimited::Close
+            }
+        } else {
+            match content_length(&headers) {
+                Ok(Some(0)) => Delimited::Done,
+                Ok(Some(n)) => Delimited::Length(n),
+                Ok(None) => Delimited::Close,
+                Err(()) => return Err(PoolError::Protocol("invalid Content-Length")),
+            }
+        };
+        if matches!(delimited, Delimited::Close) {
+            reusable = false;
+        }
+        let mut response = Response::new(UpstreamBody {
+            kind: Kind::Own(OwnBody {
+                stream: Some(stream),
+                pending: rest,
+                buf: BytesMut::new(),
+                delimited,
+                pool: reusable.then(|| pool.clone()),
+            }),
+        });
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if let Kind::Own(body) = &mut response.body_mut().kind {
+            if matches!(body.delimited, Delimited::Done) {
+                // An empty body (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
+                body.finish();
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// HTTP/1.1 keeps the connection unless `Connection: close`; 1.0 only with `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep_alive)
+}
+
+/// The last transfer coding is `chunked`.
+fn ends_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// `Content-Length`: one value, or the same value repeated (RFC 9110 §8.6); digits only.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut found: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .map_err(|_| ())?
+                .parse()
+                .map_err(|_| ())?;
+            if found.is_some_and(|f| f != n) {
+                return Err(());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
 impl Inner {
     /// The calling worker's stack.
     fn idle(&self) -> MutexGuard<'_, Vec<IdleConn>> {
@@ -211,35 +733,23 @@ impl Inner {
         self.idle[slot].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used connection that is ready for a request. Closed and expired
-    /// ones are dropped; one still finishing its last exchange stays for later.
-    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
+    /// The most recently used connection still open. Closed and expired ones are dropped.
+    fn take_idle(&self) -> Option<TcpStream> {
         let mut idle = self.idle();
         let now = Instant::now();
-        let mut busy = Vec::new();
-        let mut found = None;
         while let Some(conn) = idle.pop() {
-            if conn.sender.is_closed() || now.duration_since(conn.since) > self.idle_timeout {
-                continue;
+            if now.duration_since(conn.since) <= self.idle_timeout && still_open(&conn.stream) {
+                return Some(conn.stream);
             }
-            if conn.sender.is_ready() {
-                found = Some(conn.sender);
-                break;
-            }
-            busy.push(conn);
         }
-        idle.extend(busy.into_iter().rev());
-        found
+        None
     }
 
-    fn put(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, stream: TcpStream) {
         let mut idle = self.idle();
         if idle.len() < self.max_idle {
             idle.push(IdleConn {
-                sender,
+                stream,
                 since: Instant::now(),
             });
         }
@@ -248,71 +758,431 @@ impl Inner {
     fn prune(&self, now: Instant) {
         for stack in &self.idle {
             stack.lock().unwrap_or_else(|p| p.into_inner()).retain(|c| {
-                !c.sender.is_closed() && now.duration_since(c.since) <= self.idle_timeout
+                now.duration_since(c.since) <= self.idle_timeout && still_open(&c.stream)
             });
         }
     }
 }
 
-/// A connection to hand back once its response has been read whole.
-struct Reuse {
-    pool: Arc<Inner>,
-    sender: SendRequest<RequestBody>,
+/// An idle connection is usable if nothing has arrived on it since its last response: no
+/// close, no reset, no stray bytes. The reactor's readiness answers without a system call
+/// while nothing happened; only a connection it reports readable is read to find out.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 /// An upstream's response body, streamed to the client. Returns its connection to the pool
 /// when it ends.
 pub struct UpstreamBody {
-    inner: Incoming,
-    reuse: Option<Reuse>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// Through hyper's client (HTTP/2, TLS, upgrades): hyper pools those.
+    Hyper(Incoming),
+    Own(OwnBody),
+}
+
+/// A body read straight from the upstream connection.
+struct OwnBody {
+    /// `None` once the connection has gone back to the pool or been closed.
+    stream: Option<TcpStream>,
+    /// Bytes that came with the response head, not yet handed on.
+    pending: Bytes,
+    /// Bytes read since, not yet handed on.
+    buf: BytesMut,
+    delimited: Delimited,
+    /// Where the connection goes when the body ends cleanly; `None`: it is closed.
+    pool: Option<Arc<Inner>>,
 }
 
 impl UpstreamBody {
     /// A body whose connection is not pooled here (HTTP/2, TLS: hyper's client pools those).
     pub fn unpooled(inner: Incoming) -> Self {
-        UpstreamBody { inner, reuse: None }
-    }
-
-    fn new(inner: Incoming, reuse: Option<Reuse>) -> Self {
-        let mut body = UpstreamBody { inner, reuse };
-        // An empty body (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
-        if body.inner.is_end_stream() {
-            body.release();
-        }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some(r) = self.reuse.take() {
-            r.pool.put(r.sender);
+        UpstreamBody {
+            kind: Kind::Hyper(inner),
         }
     }
 }
 
+impl OwnBody {
+    /// The body ended: the connection goes back to the pool if it may and nothing but this
+    /// response came on it.
+    fn finish(&mut self) {
+        self.delimited = Delimited::Done;
+        let stream = self.stream.take();
+        if let (Some(stream), Some(pool)) = (stream, self.pool.take()) {
+            if self.pending.is_empty() && self.buf.is_empty() {
+                pool.put(stream);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: PoolError) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
+        self.delimited = Delimited::Done;
+        self.stream = None;
+        self.pool = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Reads more from the connection; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK * 2);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
+        loop {
+            match &mut self.delimited {
+                Delimited::Done => return Poll::Ready(None),
+                Delimited::Length(left) => {
+                    let data = if !self.pending.is_empty() {
+                        let n = (*left).min(self.pending.len() as u64);
+                        self.pending.split_to(n as usize)
+                    } else if !self.buf.is_empty() {
+                        let n = (*left).min(self.buf.len() as u64);
+                        self.buf.split_to(n as usize).freeze()
+                    } else {
+                        Bytes::new()
+                    };
+                    if !data.is_empty() {
+                        *left -= data.len() as u64;
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Delimited::Close => {
+                    if !self.pending.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(std::mem::take(
+                            &mut self.pending,
+                        )))));
+                    }
+                    if !self.buf.is_empty() {
+                        let data = self.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Delimited::Chunked(state) => {
+                    if !self.pending.is_empty() {
+                        self.buf.extend_from_slice(&self.pending);
+                        self.pending = Bytes::new();
+                    }
+                    match decode_chunked(state, &mut self.buf) {
+                        Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Step::End(trailers)) => {
+                            self.finish();
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Ok(Step::More) => {}
+                        Err(reason) => return self.fail(PoolError::Protocol(reason)),
+                    }
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => {
+                    if matches!(self.delimited, Delimited::Close) {
+                        self.delimited = Delimited::Done;
+                        self.stream = None;
+                        return Poll::Ready(None);
+                    }
+                    return self.fail(PoolError::Closed);
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail(PoolError::Io(e)),
+            }
+        }
+    }
+}
+
+/// What the chunked decoder made of the bytes it has.
+enum Step {
+    Data(Bytes),
+    /// The body is complete, with its trailer fields if it had any.
+    End(Option<HeaderMap>),
+    /// More bytes are needed.
+    More,
+}
+
+/// Longest chunk-size line accepted, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Longest trailer section accepted.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// One step of the chunked decoder (RFC 9112 §7.1). Strict: CRLF line ends, hex sizes that fit
+/// 64 bits, no bytes where a CRLF must be.
+fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, &'static str> {
+    loop {
+        match *state {
+            Chunked::Size => {
+                let Some(end) = find_crlf(buf) else {
+                    return if buf.len() > MAX_CHUNK_LINE {
+                        Err("chunk-size line too long")
+                    } else {
+                        Ok(Step::More)
+                    };
+                };
+                let line = &buf[..end];
+                let digits = line
+                    .iter()
+                    .position(|b| !b.is_ascii_hexdigit())
+                    .unwrap_or(line.len());
+                if digits == 0 || digits > 16 {
+                    return Err("invalid chunk size");
+                }
+                let rest = &line[digits..];
+                // Extensions (`;name=value`) are allowed and ignored; nothing else may follow.
+                if !rest.is_empty() {
+                    let ext = rest.trim_ascii_start();
+                    if !ext.starts_with(b";") || ext.iter().any(|&b| b == b'\r' || b == b'\n') {
+                        return Err("invalid chunk size");
+                    }
+                }
+                let size = u64::from_str_radix(
+                    std::str::from_utf8(&line[..digits]).map_err(|_| "invalid chunk size")?,
+                    16,
+                )
+                .map_err(|_| "invalid chunk size")?;
+                buf.advance(end + 2);
+                *state = if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = left.min(buf.len() as u64);
+                let data = buf.split_to(n as usize).freeze();
+                *state = if n == left {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left - n)
+                };
+                return Ok(Step::Data(data));
+            }
+            Chunked::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("no CRLF after chunk data");
+                }
+                buf.advance(2);
+                *state = Chunked::Size;
+            }
+            Chunked::Trailers => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    return Ok(Step::End(None));
+                }
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    return if buf.len() > MAX_TRAILERS {
+                        Err("trailer section too large")
+                    } else {
+                        Ok(Step::More)
+                    };
+                };
+                let section = buf.split_to(end + 4).freeze();
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let parsed = match httparse::parse_headers(&section, &mut fields) {
+                    Ok(httparse::Status::Complete((_, parsed))) => parsed,
+                    _ => return Err("invalid trailer section"),
+                };
+                let mut trailers = HeaderMap::with_capacity(parsed.len());
+                for field in parsed {
+                    let name = HeaderName::from_bytes(field.name.as_bytes())
+                        .map_err(|_| "invalid trailer name")?;
+                    let value = HeaderValue::from_bytes(field.value)
+                        .map_err(|_| "invalid trailer value")?;
+                    trailers.append(name, value);
+                }
+                return Ok(Step::End(Some(trailers)));
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
 impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = PoolError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            // A broken body: its connection is not reused.
-            Poll::Ready(Some(Err(_))) => self.reuse = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.kind {
+            Kind::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(PoolError::Request))),
+            Kind::Own(body) => body.poll_next(cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Hyper(inner) => inner.is_end_stream(),
+            Kind::Own(body) => matches!(body.delimited, Delimited::Done),
+        }
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Hyper(inner) => inner.size_hint(),
+            Kind::Own(body) => match body.delimited {
+                Delimited::Done => SizeHint::with_exact(0),
+                Delimited::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(wire: &[u8], piece: usize) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for part in wire.chunks(piece) {
+            buf.extend_from_slice(part);
+            loop {
+                match decode_chunked(&mut state, &mut buf)? {
+                    Step::Data(d) => out.extend_from_slice(&d),
+                    Step::End(t) => {
+                        assert!(buf.is_empty(), "bytes after the body");
+                        return Ok((out, t));
+                    }
+                    Step::More => break,
+                }
+            }
+        }
+        Err("incomplete")
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n";
+        for piece in 1..=wire.len() {
+            let (data, trailers) = decode_all(wire, piece).unwrap();
+            assert_eq!(data, b"hello 0123456789", "piece {piece}");
+            assert!(trailers.is_none());
+        }
+    }
+
+    #[test]
+    fn chunked_trailers_are_returned() {
+        let wire = b"3\r\nabc\r\n0\r\nx-sum: 1\r\nx-other: 2\r\n\r\n";
+        for piece in [1, 2, 7, wire.len()] {
+            let (data, trailers) = decode_all(wire, piece).unwrap();
+            assert_eq!(data, b"abc");
+            let t = trailers.unwrap();
+            assert_eq!(t["x-sum"], "1");
+            assert_eq!(t["x-other"], "2");
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for wire in [
+            &b"g\r\nabc\r\n0\r\n\r\n"[..],
+            b"3\nabc\r\n0\r\n\r\n",
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"\r\n",
+            b"3 x\r\nabc\r\n0\r\n\r\n",
+            b"-3\r\nabc\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(wire, wire.len()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn content_length_must_be_one_number() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), Ok(None));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert_eq!(content_length(&h), Ok(Some(12)));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12, 12"));
+        assert_eq!(content_length(&h), Ok(Some(12)));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
+        assert_eq!(content_length(&h), Err(()));
+        for bad in ["+1", "-1", "1 2", "", "0x1", "99999999999999999999"] {
+            let mut h = HeaderMap::new();
+            h.append(header::CONTENT_LENGTH, HeaderValue::from_static(bad));
+            assert_eq!(content_length(&h), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_the_head_is_split_from_the_body() {
+        let wire = Bytes::from_static(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nok",
+        );
+        let Ok(Head::Complete(received)) = parse_head(wire) else {
+            panic!("head not parsed")
+        };
+        assert_eq!(received.status, StatusCode::OK);
+        assert_eq!(received.headers.get_all("x-a").iter().count(), 2);
+        assert!(received.headers.get("link").is_none());
+        assert_eq!(&received.rest[..], b"ok");
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more() {
+        let wire = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-len");
+        let Ok(Head::Partial(so_far)) = parse_head(wire) else {
+            panic!("a partial head was not asked to be read on")
+        };
+        assert_eq!(&so_far[..], b"HTTP/1.1 200 OK\r\ncontent-len");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let mut h = HeaderMap::new();
+        assert!(keeps_alive(Version::HTTP_11, &h));
+        assert!(!keeps_alive(Version::HTTP_10, &h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        assert!(keeps_alive(Version::HTTP_10, &h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
+        assert!(!keeps_alive(Version::HTTP_11, &h));
+    }
+
+    #[test]
+    fn the_last_coding_decides_chunked() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(ends_chunked(&h));
+        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(!ends_chunked(&h));
     }
 }

@@ -174,3 +174,201 @@ async fn pool_max_idle_bounds_the_connections_kept() {
         raw.closed.load(Ordering::SeqCst)
     );
 }
+
+/// An upstream that answers the n-th request it reads (counting over all connections) with
+/// `answers[n]` (the last one again once they run out), reading request bodies only when
+/// `read_bodies`. It closes a connection after an answer when `close_after` says so.
+struct Scripted {
+    url: String,
+    opened: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn scripted(answers: &'static [&'static [u8]], close_after: bool) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (o, h) = (opened.clone(), heads.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            o.fetch_add(1, Ordering::SeqCst);
+            let (h, served) = (h.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    h.lock().unwrap().push(head);
+                    let n = served.fetch_add(1, Ordering::SeqCst);
+                    let answer = answers[n.min(answers.len() - 1)];
+                    if sock.write_all(answer).await.is_err() || close_after {
+                        // Hold the socket a while before closing, so that an upload in
+                        // flight meets an answer, not a reset.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted { url, opened, heads }
+}
+
+async fn scripted_gateway(up: &Scripted) -> (TestGateway, RecordingUpstream, String) {
+    let raw = RawUpstream {
+        url: up.url.clone(),
+        opened: up.opened.clone(),
+        closed: Arc::new(AtomicUsize::new(0)),
+        heads: up.heads.clone(),
+    };
+    let (gw, unused) = gateway(&raw, &[]).await;
+    let token = mint(&gw.key(&["state.read", "events.write"]).await).sign();
+    (gw, unused, token)
+}
+
+#[tokio::test]
+async fn a_chunked_response_is_decoded_for_the_client_and_its_connection_reused() {
+    static ANSWER: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"];
+    let up = scripted(ANSWER, false).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    for i in 0..3 {
+        let res = gw.get(READ).bearer(&token).send().await;
+        assert_eq!(res.status, 200, "request {i}");
+        assert_eq!(res.text(), "hello world");
+    }
+    assert_eq!(up.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn interim_answers_are_dropped() {
+    static ANSWER: &[&[u8]] = &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\nmade"];
+    let up = scripted(ANSWER, false).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    let res = gw.get(READ).bearer(&token).send().await;
+    assert_eq!(res.status, 201);
+    assert_eq!(res.text(), "made");
+    assert_eq!(res.header("link"), None);
+}
+
+#[tokio::test]
+async fn a_close_delimited_response_is_read_to_its_end_and_its_connection_not_reused() {
+    static ANSWER: &[&[u8]] = &[b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it"];
+    let up = scripted(ANSWER, true).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    for _ in 0..2 {
+        let res = gw.get(READ).bearer(&token).send().await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.text(), "all of it");
+    }
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connections_that_may_be_out_of_step_are_not_reused() {
+    // Both lengths (Transfer-Encoding wins), `Connection: close`, and bytes after the body.
+    static ANSWERS: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ];
+    let up = scripted(ANSWERS, false).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    for i in 0..4 {
+        let res = gw.get(READ).bearer(&token).send().await;
+        assert_eq!(res.status, 200, "request {i}");
+        assert_eq!(res.text(), "ok", "request {i}");
+    }
+    assert_eq!(
+        up.opened.load(Ordering::SeqCst),
+        4,
+        "a new connection each time"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_response_is_a_502() {
+    static ANSWERS: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ];
+    let up = scripted(ANSWERS, false).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    for i in 0..2 {
+        let res = gw.get(READ).bearer(&token).send().await;
+        res.assert_error(502, "bad-gateway");
+        assert!(!res.text().contains("2x"), "request {i}: {}", res.text());
+    }
+    // A broken chunked body: the head was fine, so the client gets it and a cut body.
+    assert!(gw.get(READ).bearer(&token).try_send().await.is_err());
+    gw.get(READ)
+        .bearer(&token)
+        .send()
+        .await
+        .assert_error(502, "bad-gateway");
+    let res = gw.get(READ).bearer(&token).send().await;
+    assert_eq!(
+        res.status,
+        200,
+        "and the gateway carries on: {}",
+        res.text()
+    );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    static ANSWER: &[&[u8]] = &[
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo much",
+    ];
+    let up = scripted(ANSWER, true).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    let upload = gw
+        .request("POST", "/upload")
+        .bearer(&token)
+        .body(body)
+        .try_send();
+    let res = tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the gateway answers without waiting for the upload to drain");
+    // The client may see the answer, or (having its upload cut) a closed connection; what it
+    // must never see is the gateway waiting for ever or answering something else.
+    if let Ok(res) = res {
+        assert_eq!(res.status, 413, "{}", res.text());
+        assert_eq!(res.text(), "too much");
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_for_the_upstream() {
+    static ANSWER: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
+    let up = scripted(ANSWER, false).await;
+    let (gw, _unused, token) = scripted_gateway(&up).await;
+    let res = gw
+        .request("POST", "/upload")
+        .bearer(&token)
+        .body("twelve bytes")
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let heads = up.heads.lock().unwrap().clone();
+    let head = heads.last().unwrap().to_ascii_lowercase();
+    assert!(head.contains("content-length: 12"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
