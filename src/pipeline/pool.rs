@@ -72,6 +72,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// What one read asks for at least.
 const READ_CHUNK: usize = 8 * 1024;
+/// Room for the first read of an answer: a typical API response, head and body, fits. Kept
+/// small because every request in flight holds it (and a burst of them, its peak).
+const FIRST_READ: usize = 2 * 1024;
 
 /// How many idle stacks each pool keeps (one per worker thread); set before pools are built.
 static WORKERS: AtomicUsize = AtomicUsize::new(1);
@@ -363,7 +366,7 @@ async fn exchange(
     trailers: &[HeaderName],
     replayable: bool,
 ) -> Result<Received, Failed> {
-    let mut answer = BytesMut::with_capacity(READ_CHUNK);
+    let mut answer = BytesMut::with_capacity(FIRST_READ);
     let mut interrupted = false;
     if sending == Sending::Nothing {
         write_first(stream, head).await?;
@@ -397,7 +400,7 @@ async fn exchange(
                 Head::Partial(so_far) => answer = so_far,
             }
         }
-        if answer.capacity() - answer.len() < READ_CHUNK / 2 {
+        if answer.capacity() - answer.len() < FIRST_READ / 2 {
             answer.reserve(READ_CHUNK);
         }
         match tokio::io::AsyncReadExt::read_buf(stream, &mut answer).await {
