@@ -412,7 +412,7 @@ pub fn prepare_headers(
     client: ClientSide<'_>,
     keep_authorization: bool,
 ) {
-    let listed = connection_listed(headers);
+    let listed = ConnectionListed::of(headers);
     let trust = client.trust_forwarded;
     let doomed: Vec<HeaderName> = headers
         .keys()
@@ -495,24 +495,33 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.iter().any(|h| h == name) || HOP_BY_HOP_EXTRA.contains(&name.as_str())
 }
 
-/// The field names the `Connection` header lists (RFC 9110 §7.6.1); usually none.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut named = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        if let Ok(text) = value.to_str() {
-            for token in text.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    named.push(name);
-                }
-            }
+/// The field names the `Connection` header lists (RFC 9110 §7.6.1), read in place: usually
+/// just `keep-alive` or `close`, so nothing is allocated to check a name against them.
+struct ConnectionListed<'a> {
+    values: http::header::GetAll<'a, HeaderValue>,
+}
+
+impl<'a> ConnectionListed<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        ConnectionListed {
+            values: headers.get_all(header::CONNECTION),
         }
     }
-    named
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        self.values.iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+        })
+    }
 }
 
 /// Removes hop-by-hop fields and those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
+    let listed = ConnectionListed::of(headers);
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| is_hop_by_hop(name) || listed.contains(name))
