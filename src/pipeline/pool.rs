@@ -372,17 +372,31 @@ async fn exchange(
         write_first(stream, head).await?;
     } else {
         let (mut reader, mut writer) = stream.split();
-        let upload = send_body(&mut writer, head, body, sending, trailers);
-        let early = async {
-            // Closed mid-upload: the upload's own error says what happened.
-            if let Ok(0) = tokio::io::AsyncReadExt::read_buf(&mut reader, &mut answer).await {
-                std::future::pending::<()>().await;
+        let mut upload = std::pin::pin!(send_body(&mut writer, head, body, sending, trailers));
+        // The upstream closed its side mid-upload: the upload's own error says what happened.
+        let mut closed = false;
+        loop {
+            tokio::select! {
+                biased;
+                sent = &mut upload => {
+                    sent?;
+                    break;
+                }
+                read = tokio::io::AsyncReadExt::read_buf(&mut reader, &mut answer), if !closed => match read {
+                    Ok(0) => closed = true,
+                    // An interim answer (`102`, `103`, an unasked `100`) does not stop the
+                    // upload; a final one does, and the connection is not reused.
+                    Ok(_) if !final_head_arrived(&mut answer) => {
+                        if answer.capacity() - answer.len() < FIRST_READ / 2 {
+                            answer.reserve(READ_CHUNK);
+                        }
+                    }
+                    _ => {
+                        interrupted = true;
+                        break;
+                    }
+                },
             }
-        };
-        tokio::select! {
-            biased;
-            sent = upload => sent?,
-            () = early => interrupted = true,
         }
     }
     loop {
@@ -426,6 +440,31 @@ async fn exchange(
                     retry: replayable && reset && answer.is_empty(),
                 });
             }
+        }
+    }
+}
+
+/// Drops complete interim (1xx) heads at the front of `answer`; true once the head of a
+/// final answer is complete (or cannot be parsed: [`parse_head`] then says why).
+fn final_head_arrived(answer: &mut BytesMut) -> bool {
+    loop {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            answer,
+            &mut fields,
+        );
+        match parsed {
+            Ok(httparse::Status::Complete(n)) => {
+                let code = response.code.unwrap_or(0);
+                if !(100..200).contains(&code) || code == 101 {
+                    return true;
+                }
+                answer.advance(n);
+            }
+            Ok(httparse::Status::Partial) => return answer.len() >= MAX_HEAD,
+            Err(_) => return true,
         }
     }
 }

@@ -372,3 +372,70 @@ async fn request_bodies_are_framed_for_the_upstream() {
     assert!(head.contains("content-length: 12"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
 }
+
+#[tokio::test]
+async fn an_interim_answer_during_an_upload_does_not_stop_it() {
+    // Answers `100 Continue` and `103 Early Hints` as soon as it has the head, then reads the
+    // whole body before its final answer, which says how much it got.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("a content-length")
+            .trim()
+            .parse()
+            .unwrap();
+        sock.write_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut got = buf.len() - end;
+        while got < length {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed inside the body");
+            got += n;
+        }
+        let text = format!("got {got}");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        sock.write_all(answer.as_bytes()).await.unwrap();
+        // Held open until the gateway has read the answer.
+        let _ = sock.read(&mut chunk).await;
+    });
+    let raw = RawUpstream {
+        url,
+        opened: Arc::new(AtomicUsize::new(0)),
+        closed: Arc::new(AtomicUsize::new(0)),
+        heads: Arc::new(std::sync::Mutex::new(Vec::new())),
+    };
+    let (gw, _unused) = gateway(&raw, &[]).await;
+    let token = mint(&gw.key(&["events.write"]).await).sign();
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    let upload = gw
+        .request("POST", "/upload")
+        .bearer(&token)
+        .body(body)
+        .send();
+    let res = tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("the upload completes");
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.text(), format!("got {}", 4 * 1024 * 1024));
+}
