@@ -392,18 +392,16 @@ pub async fn handle(
         m.auth_failures.with_label_values(&[e.reason()]).inc();
     }
     let (key, org) = identity.unzip();
-    tracing::info!(
-        target: "scopegate::access",
+    crate::logging::access(&crate::logging::Access {
         method,
-        route = route_label,
-        status = status.as_u16(),
+        route: route_label,
+        status: status.as_u16(),
         decision,
-        reason = error.as_ref().map(GatewayError::reason),
-        key = key.as_deref(),
-        org = org.as_deref(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+        reason: error.as_ref().map(GatewayError::reason),
+        key: key.as_deref(),
+        org: org.as_deref(),
+        micros: elapsed.as_micros() as u64,
+    });
     response
 }
 
