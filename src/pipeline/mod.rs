@@ -382,12 +382,13 @@ pub async fn handle(
     };
     let elapsed = started.elapsed();
     let m = &gateway.metrics;
-    m.requests
-        .with_label_values(&[route_label, method, status.as_str(), decision])
-        .inc();
-    m.request_duration
-        .with_label_values(&[route_label, decision])
-        .observe(elapsed.as_secs_f64());
+    m.record_request(
+        outcome.route.map(|r| &r.template),
+        method,
+        status,
+        decision,
+        elapsed,
+    );
     if let Some(e) = error.as_ref().filter(|e| e.is_auth_failure()) {
         m.auth_failures.with_label_values(&[e.reason()]).inc();
     }
