@@ -9,6 +9,7 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use scopegate::cli::{self, Cli, Command};
+use scopegate::logging::{AccessLog, LineFormat};
 
 /// Logs go to stderr in batches (see `scopegate::logging`): request threads append the line to
 /// a buffer, a flusher thread writes it out every 100 ms. The guard flushes what is left when
@@ -19,15 +20,20 @@ fn init_tracing(default: &str) -> scopegate::logging::FlushGuard<std::io::Stderr
     let (writer, guard) = scopegate::logging::BatchWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
-    if std::env::var("SCOPEGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        .with_writer(writer.clone());
+    let format = if std::env::var("SCOPEGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
+        LineFormat::Json
     } else {
         builder
             .with_ansi(false)
             .event_format(scopegate::logging::TextFormat)
             .init();
-    }
+        LineFormat::Text
+    };
+    // The per-request access line goes straight into the same buffer, in the same format,
+    // without the `tracing` dispatch (the filter still decides whether it is written).
+    scopegate::logging::install_access_log(AccessLog::new(&writer, format));
     guard
 }
 

@@ -109,11 +109,15 @@ pub struct ScopeSet(Box<[Arc<str>]>);
 
 impl ScopeSet {
     pub fn from_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
-        let set: BTreeSet<Arc<str>> = names
+        // Sorted and deduplicated in place: what a BTreeSet would give, without its nodes
+        // (a token's `scope` claim builds one of these on every request).
+        let mut set: Vec<Arc<str>> = names
             .into_iter()
             .map(|n| Arc::from(canonical(n.as_ref())))
             .collect();
-        ScopeSet(set.into_iter().collect())
+        set.sort_unstable();
+        set.dedup();
+        ScopeSet(set.into_boxed_slice())
     }
 
     pub fn contains(&self, name: &str) -> bool {

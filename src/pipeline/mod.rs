@@ -382,28 +382,27 @@ pub async fn handle(
     };
     let elapsed = started.elapsed();
     let m = &gateway.metrics;
-    m.requests
-        .with_label_values(&[route_label, method, status.as_str(), decision])
-        .inc();
-    m.request_duration
-        .with_label_values(&[route_label, decision])
-        .observe(elapsed.as_secs_f64());
+    m.record_request(
+        outcome.route.map(|r| &r.template),
+        method,
+        status,
+        decision,
+        elapsed,
+    );
     if let Some(e) = error.as_ref().filter(|e| e.is_auth_failure()) {
         m.auth_failures.with_label_values(&[e.reason()]).inc();
     }
     let (key, org) = identity.unzip();
-    tracing::info!(
-        target: "scopegate::access",
+    crate::logging::access(&crate::logging::Access {
         method,
-        route = route_label,
-        status = status.as_u16(),
+        route: route_label,
+        status: status.as_u16(),
         decision,
-        reason = error.as_ref().map(GatewayError::reason),
-        key = key.as_deref(),
-        org = org.as_deref(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+        reason: error.as_ref().map(GatewayError::reason),
+        key: key.as_deref(),
+        org: org.as_deref(),
+        micros: elapsed.as_micros() as u64,
+    });
     response
 }
 

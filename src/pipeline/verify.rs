@@ -57,8 +57,12 @@ pub struct Claims {
     pub nbf: Option<Value>,
     #[serde(default)]
     pub aud: Option<Value>,
+    /// Not read (the forwarded subject is `act.sub`): checked as a `serde_json::Value` would
+    /// be (number range, nesting depth) without building one; declared so that a repeated
+    /// `sub` is refused like the other claims.
     #[serde(default)]
-    pub sub: Option<Value>,
+    #[allow(dead_code)]
+    sub: Option<Checked>,
     /// Not read; declared so that a repeated `iss` is refused like the other claims.
     #[serde(default)]
     #[allow(dead_code)]
@@ -138,18 +142,218 @@ impl Numeric {
     }
 }
 
-fn scope_claim<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ScopeSet>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        List(Vec<String>),
+/// Any JSON value, read exactly as deserializing a `serde_json::Value` reads it (the same
+/// errors at the same places: numbers out of range, nesting deeper than serde_json's limit)
+/// but kept nowhere.
+#[derive(Debug, Clone, Copy, Default)]
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
     }
-    Ok(match Option::<Raw>::deserialize(d)? {
-        None => None,
-        Some(Raw::Text(s)) => Some(ScopeSet::from_names(s.split(' ').filter(|s| !s.is_empty()))),
-        Some(Raw::List(list)) => Some(ScopeSet::from_names(list)),
-    })
+}
+
+/// [`Checked`]'s visitor: every value accepted, arrays and objects read through.
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Checked, D::Error> {
+        Checked::deserialize(d)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<CheckedKey, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
+/// An object key, read as `Value` reads one (a string) and dropped.
+struct CheckedKey;
+
+impl<'de> Deserialize<'de> for CheckedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct K;
+        impl serde::de::Visitor<'_> for K {
+            type Value = CheckedKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<CheckedKey, E> {
+                Ok(CheckedKey)
+            }
+        }
+        d.deserialize_str(K)
+    }
+}
+
+/// The `scope` claim: `null`, a space-separated string, or an array of strings (kept as
+/// given, empty names included). Anything else is refused with the error an untagged
+/// `Text(String) | List(Vec<String>)` enum gives, once the whole value has been read (so the
+/// error's position is the same too); names are borrowed from the payload when unescaped.
+fn scope_claim<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ScopeSet>, D::Error> {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use std::fmt;
+
+    const MISMATCH: &str = "data did not match any variant of untagged enum Raw";
+
+    /// What the claim turned out to be; `Mismatch` is refused by the caller.
+    enum Raw {
+        Set(ScopeSet),
+        Mismatch,
+    }
+
+    /// One list element: a name, or `None` for any other JSON value (read through).
+    struct Element<'de>(Option<Cow<'de, str>>);
+
+    impl<'de> Deserialize<'de> for Element<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Element<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                    Ok(Element(Some(Cow::Borrowed(v))))
+                }
+                fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                    Ok(Element(Some(Cow::Owned(v.to_owned()))))
+                }
+                fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
+                    Ok(Element(Some(Cow::Owned(v))))
+                }
+                fn visit_bool<E: Error>(self, _: bool) -> Result<Self::Value, E> {
+                    Ok(Element(None))
+                }
+                fn visit_i64<E: Error>(self, _: i64) -> Result<Self::Value, E> {
+                    Ok(Element(None))
+                }
+                fn visit_u64<E: Error>(self, _: u64) -> Result<Self::Value, E> {
+                    Ok(Element(None))
+                }
+                fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+                    Ok(Element(None))
+                }
+                fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                    Ok(Element(None))
+                }
+                fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                    Ok(Element(None))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                    CheckedVisitor.visit_seq(seq).map(|_| Element(None))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    map: A,
+                ) -> Result<Self::Value, A::Error> {
+                    CheckedVisitor.visit_map(map).map(|_| Element(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A present (non-null) claim value.
+    struct RawVisitor;
+
+    impl<'de> Visitor<'de> for RawVisitor {
+        type Value = Raw;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a space-separated string or an array of strings")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Raw, E> {
+            Ok(Raw::Set(ScopeSet::from_names(
+                v.split(' ').filter(|s| !s.is_empty()),
+            )))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
+            let mut names: Vec<Cow<'de, str>> = Vec::new();
+            let mut mismatch = false;
+            while let Some(Element(name)) = seq.next_element::<Element<'de>>()? {
+                match name {
+                    Some(name) if !mismatch => names.push(name),
+                    _ => mismatch = true,
+                }
+            }
+            Ok(if mismatch {
+                Raw::Mismatch
+            } else {
+                Raw::Set(ScopeSet::from_names(names))
+            })
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<Raw, E> {
+            Ok(Raw::Mismatch)
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<Raw, E> {
+            Ok(Raw::Mismatch)
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<Raw, E> {
+            Ok(Raw::Mismatch)
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Raw, E> {
+            Ok(Raw::Mismatch)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Raw, E> {
+            Ok(Raw::Mismatch)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Raw, A::Error> {
+            CheckedVisitor.visit_map(map).map(|_| Raw::Mismatch)
+        }
+    }
+
+    /// `null` or absent → `None`; otherwise the value, read whole before any refusal.
+    struct OptionVisitor;
+
+    impl<'de> Visitor<'de> for OptionVisitor {
+        type Value = Option<ScopeSet>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("option")
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            match d.deserialize_any(RawVisitor)? {
+                Raw::Set(set) => Ok(Some(set)),
+                Raw::Mismatch => Err(D::Error::custom(MISMATCH)),
+            }
+        }
+    }
+
+    d.deserialize_option(OptionVisitor)
 }
 
 impl Verifier {
@@ -262,7 +466,7 @@ impl Verifier {
                 "the payload is not a JSON object".to_owned()
             }));
         }
-        let claims: Claims = match serde_json::from_slice(&payload) {
+        let claims = match parse_claims(&payload) {
             Ok(c) => c,
             Err(e) => return Err(refuse(trace, TokenFault::BadClaim, || e.to_string())),
         };
@@ -372,10 +576,658 @@ fn valid_json(json: &[u8]) -> bool {
         && (!json.windows(2).any(|w| w == b"\\u") || serde_json::from_slice::<Value>(json).is_ok())
 }
 
+/// The claims of a payload that is valid UTF-8 (checked by the caller): what
+/// `serde_json::from_slice::<Claims>` gives, through [`fast_claims`] when it can.
+fn parse_claims(payload: &[u8]) -> Result<Claims, serde_json::Error> {
+    match fast_claims(payload) {
+        Some(claims) => Ok(claims),
+        None => serde_json::from_slice(payload),
+    }
+}
+
+/// Nesting deeper than this inside a claim goes to serde_json whole, so that its recursion
+/// limit (128, counted from the claims object) applies as it always did.
+const FAST_MAX_DEPTH: usize = 64;
+
+/// The claims of the payloads tokens actually carry, without serde's machinery: one flat
+/// object whose members are unescaped strings, non-negative integers, `true`, `false`,
+/// `null`, or arrays and objects (those parsed by serde_json on their own, into what the
+/// claim's type takes). `None` for anything else — escapes, negative or fractional numbers,
+/// a repeated claim, any syntax error — and [`parse_claims`] parses the payload with
+/// serde_json instead, so every such case behaves (and fails) exactly as before. Where this
+/// returns `Some`, the claims equal serde_json's (property-tested against it).
+fn fast_claims(payload: &[u8]) -> Option<Claims> {
+    let mut p = Scan { b: payload, i: 0 };
+    let mut claims = Claims::default();
+    p.ws();
+    p.eat(b'{')?;
+    p.ws();
+    if p.peek() == Some(b'}') {
+        p.i += 1;
+    } else {
+        let mut seen = 0u8;
+        loop {
+            p.eat(b'"')?;
+            let key = p.plain_str()?;
+            p.ws();
+            p.eat(b':')?;
+            p.ws();
+            let value = p.value()?;
+            let bit = match key {
+                b"act" => 1,
+                b"scope" => 2,
+                b"iat" => 4,
+                b"exp" => 8,
+                b"nbf" => 16,
+                b"aud" => 32,
+                b"sub" => 64,
+                b"iss" => 128,
+                _ => 0,
+            };
+            if seen & bit != 0 {
+                return None; // serde refuses the duplicate: let it say so
+            }
+            seen |= bit;
+            match key {
+                b"act" => {
+                    claims.act = match value {
+                        Fast::Null => None,
+                        Fast::Nested(json) => Some(serde_json::from_slice(json).ok()?),
+                        _ => return None,
+                    }
+                }
+                b"scope" => {
+                    claims.scope = match value {
+                        Fast::Null => None,
+                        Fast::Str(text) => Some(ScopeSet::from_names(
+                            std::str::from_utf8(text)
+                                .ok()?
+                                .split(' ')
+                                .filter(|s| !s.is_empty()),
+                        )),
+                        Fast::Nested(json) => {
+                            let mut de = serde_json::Deserializer::from_slice(json);
+                            let scope = scope_claim(&mut de).ok()?;
+                            de.end().ok()?;
+                            scope
+                        }
+                        _ => return None,
+                    }
+                }
+                b"iat" => claims.iat = value.to_value()?,
+                b"exp" => claims.exp = value.to_value()?,
+                b"nbf" => claims.nbf = value.to_value()?,
+                b"aud" => claims.aud = value.to_value()?,
+                b"sub" => {
+                    if let Fast::Nested(json) = value {
+                        serde_json::from_slice::<Checked>(json).ok()?;
+                    }
+                }
+                _ => {
+                    if let Fast::Nested(json) = value {
+                        serde_json::from_slice::<IgnoredAny>(json).ok()?;
+                    }
+                }
+            }
+            p.ws();
+            match p.next()? {
+                b',' => p.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    p.ws();
+    (p.i == payload.len()).then_some(claims)
+}
+
+/// A byte that ends a plain string: a quote, a backslash or a control character.
+fn special(c: u8) -> bool {
+    c == b'"' || c == b'\\' || c < 0x20
+}
+
+/// The bytes of `word` (little-endian) that are [`special`], flagged by their high bit; the
+/// lowest flag is exact (a borrow only runs upwards), which is all [`Scan::plain_str`] reads.
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    zero_in(word ^ (ONES * u64::from(b'"')))
+        | zero_in(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS)
+}
+
+/// A member value as [`fast_claims`] reads it.
+enum Fast<'a> {
+    Null,
+    Bool(bool),
+    UInt(u64),
+    /// The bytes between the quotes: no escapes, no control characters.
+    Str(&'a [u8]),
+    /// A whole array or object, brackets included.
+    Nested(&'a [u8]),
+}
+
+impl Fast<'_> {
+    /// The value of an `Option<Value>` claim (`null` is absent, as serde's `Option` has it).
+    fn to_value(&self) -> Option<Option<Value>> {
+        Some(match *self {
+            Fast::Null => None,
+            Fast::Bool(b) => Some(Value::Bool(b)),
+            Fast::UInt(n) => Some(Value::Number(n.into())),
+            Fast::Str(s) => Some(Value::String(std::str::from_utf8(s).ok()?.to_owned())),
+            Fast::Nested(json) => Some(serde_json::from_slice(json).ok()?),
+        })
+    }
+}
+
+/// A cursor over the payload for [`fast_claims`].
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    /// JSON whitespace (RFC 8259 §2).
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// The rest of a string whose opening quote was read; `None` at an escape or a control
+    /// character.
+    fn plain_str(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        let mut at = start;
+        // Eight bytes at a time: the first quote, backslash or control character.
+        let len = loop {
+            let Some(word) = self.b.get(at..at + 8) else {
+                break at - start + self.b[at..].iter().position(|&c| special(c))?;
+            };
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            let found = special_bytes(word);
+            if found != 0 {
+                break at - start + (found.trailing_zeros() / 8) as usize;
+            }
+            at += 8;
+        };
+        if self.b[start + len] != b'"' {
+            return None;
+        }
+        self.i = start + len + 1;
+        Some(&self.b[start..start + len])
+    }
+
+    fn value(&mut self) -> Option<Fast<'a>> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                self.plain_str().map(Fast::Str)
+            }
+            b'0'..=b'9' => self.uint().map(Fast::UInt),
+            b'n' => self.word(b"null", Fast::Null),
+            b't' => self.word(b"true", Fast::Bool(true)),
+            b'f' => self.word(b"false", Fast::Bool(false)),
+            b'[' | b'{' => self.nested().map(Fast::Nested),
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, word: &[u8], value: Fast<'a>) -> Option<Fast<'a>> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| {
+            self.i = end;
+            value
+        })
+    }
+
+    /// A non-negative integer that fits a u64, as JSON writes one (no leading zero); `None`
+    /// for anything serde_json would read as a float or refuse.
+    fn uint(&mut self) -> Option<u64> {
+        let start = self.i;
+        let rest = &self.b[start..];
+        let len = rest
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let digits = &rest[..len];
+        let n = if len <= 19 {
+            // Cannot overflow.
+            digits
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+        } else {
+            digits.iter().try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })?
+        };
+        self.i = start + len;
+        let leading_zero = digits[0] == b'0' && len > 1;
+        let fraction = matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+        (!leading_zero && !fraction).then_some(n)
+    }
+
+    /// An array or object, up to its matching bracket (strings skipped, escapes included);
+    /// `None` when it does not close or nests deeper than [`FAST_MAX_DEPTH`]. Whether it is
+    /// valid JSON is for serde_json to say.
+    fn nested(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        let mut depth = 0usize;
+        while let Some(c) = self.next() {
+            match c {
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > FAST_MAX_DEPTH {
+                        return None;
+                    }
+                }
+                b']' | b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(&self.b[start..self.i]);
+                    }
+                }
+                b'"' => loop {
+                    match self.next()? {
+                        b'"' => break,
+                        b'\\' => {
+                            self.next()?;
+                        }
+                        _ => {}
+                    }
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 /// Records why a token was refused (only when traced) and returns the error.
 fn refuse(trace: &mut impl Trace, fault: TokenFault, why: impl FnOnce() -> String) -> GatewayError {
     trace.step("verify", || {
         format!("refused ({}): {}", fault.reason(), why())
     });
     GatewayError::InvalidToken(fault)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claims as they were parsed before `sub` was checked without a `Value` and `scope`
+    /// without an untagged enum: the reference the current parse must agree with.
+    #[derive(Debug, Deserialize)]
+    struct Reference {
+        #[serde(default)]
+        act: Option<Map<String, Value>>,
+        #[serde(default, deserialize_with = "reference_scope")]
+        scope: Option<ScopeSet>,
+        #[serde(default)]
+        iat: Option<Value>,
+        #[serde(default)]
+        exp: Option<Value>,
+        #[serde(default)]
+        nbf: Option<Value>,
+        #[serde(default)]
+        aud: Option<Value>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        sub: Option<Value>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        iss: Option<IgnoredAny>,
+    }
+
+    fn reference_scope<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<ScopeSet>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            List(Vec<String>),
+        }
+        Ok(match Option::<Raw>::deserialize(d)? {
+            None => None,
+            Some(Raw::Text(s)) => {
+                Some(ScopeSet::from_names(s.split(' ').filter(|s| !s.is_empty())))
+            }
+            Some(Raw::List(list)) => Some(ScopeSet::from_names(list)),
+        })
+    }
+
+    /// The current parse and the reference agree: the same claims, or the same error text
+    /// (which `explain` shows).
+    fn agree(payload: &str) {
+        let new = parse_claims(payload.as_bytes());
+        let old = serde_json::from_str::<Reference>(payload);
+        match (new, old) {
+            (Ok(new), Ok(old)) => {
+                assert_eq!(new.act, old.act, "act: {payload}");
+                assert_eq!(new.scope, old.scope, "scope: {payload}");
+                assert_eq!(new.iat, old.iat, "iat: {payload}");
+                assert_eq!(new.exp, old.exp, "exp: {payload}");
+                assert_eq!(new.nbf, old.nbf, "nbf: {payload}");
+                assert_eq!(new.aud, old.aud, "aud: {payload}");
+            }
+            (Err(new), Err(old)) => {
+                assert_eq!(new.to_string(), old.to_string(), "error: {payload}")
+            }
+            (new, old) => panic!("{payload}: now {new:?}, was {old:?}"),
+        }
+    }
+
+    #[test]
+    fn typical_payloads_take_the_fast_path() {
+        for payload in [
+            r#"{"sub":"bench-client","iss":"bench","aud":"gateway","iat":1795852740,"scope":"state.read state.write","exp":1795939140}"#,
+            r#"{"act":{"sub":"user-1"},"aud":"https://api.statebacked.dev/","exp":1795939140,"iss":"https://bench/","iat":1795852740}"#,
+            r#" {"aud":["a","b"],"scope":["state.read"],"nbf":0,"x":{"y":[1,{"z":"}"}]},"sub":null} "#,
+            "{}",
+        ] {
+            let fast = fast_claims(payload.as_bytes());
+            assert!(fast.is_some(), "{payload}");
+            agree(payload);
+        }
+        let claims = fast_claims(
+            br#"{"scope":"b a b","aud":"gateway","exp":18446744073709551615,"act":{"sub":"u"}}"#,
+        )
+        .unwrap();
+        assert_eq!(claims.scope.unwrap().joined(), "a b");
+        assert_eq!(claims.aud, Some(Value::String("gateway".into())));
+        assert_eq!(claims.exp, Some(Value::Number(u64::MAX.into())));
+        assert_eq!(claims.act.unwrap()["sub"], "u");
+        // What it leaves to serde_json.
+        for payload in [
+            r#"{"sub":"\u0061"}"#,
+            r#"{"exp":1.5}"#,
+            r#"{"exp":-1}"#,
+            r#"{"exp":1e3}"#,
+            r#"{"exp":01}"#,
+            r#"{"exp":18446744073709551616}"#,
+            r#"{"exp":1,"exp":1}"#,
+            r#"{"exp":1,}"#,
+            r#"{"exp":1}x"#,
+            r#"{"act":[]}"#,
+            r#"{"scope":1}"#,
+            r#"{"x":[1,}"#,
+            r#"{"x":[1,]}"#,
+            "{\"x\":\"\t\"}",
+            "\u{c}{}",
+        ] {
+            assert!(fast_claims(payload.as_bytes()).is_none(), "{payload}");
+            agree(payload);
+        }
+        let deep = format!(r#"{{"x":{}}}"#, deep(FAST_MAX_DEPTH + 1, ""));
+        assert!(fast_claims(deep.as_bytes()).is_none());
+        agree(&deep);
+    }
+
+    #[test]
+    fn plain_strings_end_at_the_first_special_byte() {
+        // Every position, every byte value, with and without a later special byte.
+        for len in 0..20 {
+            for c in 0..=255u8 {
+                let mut text = vec![b'a'; len];
+                text.push(c);
+                text.extend_from_slice(b"xx\\y\"zzzzzzzzzz");
+                let mut scan = Scan { b: &text, i: 0 };
+                let got = scan.plain_str();
+                if c == b'"' {
+                    assert_eq!(got, Some(&text[..len]), "{len} {c}");
+                    assert_eq!(scan.i, len + 1);
+                } else if special(c) {
+                    assert_eq!(got, None, "{len} {c}");
+                } else {
+                    // Runs on to the backslash.
+                    assert_eq!(got, None, "{len} {c}");
+                    let clean: Vec<u8> = text
+                        .iter()
+                        .map(|&b| if b == b'\\' { b'q' } else { b })
+                        .collect();
+                    let mut scan = Scan { b: &clean, i: 0 };
+                    assert_eq!(scan.plain_str(), Some(&clean[..len + 5]), "{len} {c}");
+                }
+            }
+        }
+        assert_eq!(Scan { b: b"abc", i: 0 }.plain_str(), None);
+    }
+
+    fn deep(levels: usize, inner: &str) -> String {
+        format!("{}{inner}{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn claims_parse_as_before() {
+        let mut payloads: Vec<String> = [
+            r#"{"sub":"bench-client","iss":"bench","aud":"gateway","iat":1795852740,"scope":"state.read state.write","exp":1795939140}"#,
+            r#"{"act":{"sub":"u"},"aud":"https://api.statebacked.dev/","iat":1,"exp":2}"#,
+            r#"{}"#,
+            r#" { "scope" : "a  b ",  "exp" : 5 } "#,
+            r#"{"scope":""}"#,
+            r#"{"scope":"   "}"#,
+            r#"{"scope":"org.keys.write org-keys.write"}"#,
+            r#"{"scope":"st\u0061te.read ev\u00e9nts"}"#,
+            r#"{"scope":"a\tb c"}"#,
+            r#"{"scope":[]}"#,
+            r#"{"scope":["", "a", "a", "b"]}"#,
+            r#"{"scope":["state.read","org.keys.write"]}"#,
+            r#"{"scope":["st\u0061te.read"]}"#,
+            r#"{"scope":null}"#,
+            r#"{"scope":1}"#,
+            r#"{"scope":-1}"#,
+            r#"{"scope":1.5}"#,
+            r#"{"scope":true}"#,
+            r#"{"scope":{}}"#,
+            r#"{"scope":{"a":"b"} }"#,
+            r#"{"scope":[1]}"#,
+            r#"{"scope":["a",1] , "exp":1}"#,
+            r#"{"scope":["a",null]}"#,
+            r#"{"scope":[["a"]]}"#,
+            r#"{"scope":[{"a":1}], "aud":"x"}"#,
+            r#"{"scope":[1e400]}"#,
+            r#"{"scope":1e400}"#,
+            r#"{"scope":"a","scope":"b"}"#,
+            r#"{"scope":[1,]}"#,
+            r#"{"scope":[1 2]}"#,
+            r#"{"scope":"a" "exp":1}"#,
+            r#"{"sub":"x"}"#,
+            r#"{"sub":null}"#,
+            r#"{"sub":1e400}"#,
+            r#"{"sub":-1e400}"#,
+            r#"{"sub":123456789012345678901234567890}"#,
+            r#"{"sub":[1, 1e400]}"#,
+            r#"{"sub":{"a":{"b":[1e400]}}}"#,
+            r#"{"sub":{"a":1,"a":2}}"#,
+            r#"{"sub":{"a":1,}}"#,
+            r#"{"sub":"x","sub":"y"}"#,
+            r#"{"sub":[true,false,null,"s",{"k":[]}]}"#,
+            r#"{"iss":1e400}"#,
+            r#"{"iss":"a","iss":"b"}"#,
+            r#"{"other":1e400,"other":2}"#,
+            r#"{"exp":1,"exp":2}"#,
+            r#"{"exp":null,"nbf":null,"iat":null,"aud":null}"#,
+            r#"{"exp":1.5,"nbf":-3,"iat":"x","aud":["a","b"]}"#,
+            r#"{"exp":-0,"nbf":0,"iat":18446744073709551615,"aud":18446744073709551616}"#,
+            r#"{"act":null}"#,
+            r#"{"act":1}"#,
+            r#"{"act":{"sub":1,"sub":2}}"#,
+            r#"{"act":{"sub":"a"},"act":{}}"#,
+            r#"{"aud":"a","aud":"b"}"#,
+            r#"{"exp":1}x"#,
+            r#"{"exp":1} "#,
+            r#"{"exp":1"#,
+            r#"{"exp"}"#,
+            r#"{"exp":01}"#,
+            r#"{"\u0065xp":1,"exp":2}"#,
+            r#"{"scop\u0065":[1]}"#,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Nesting around serde_json's recursion limit, where Value and skipping differ.
+        for levels in [1, 100, 126, 127, 128, 129, 200] {
+            payloads.push(format!(r#"{{"sub":{}}}"#, deep(levels, "1")));
+            payloads.push(format!(r#"{{"iss":{},"exp":1}}"#, deep(levels, "1")));
+            payloads.push(format!(r#"{{"x":{},"exp":1}}"#, deep(levels, "1")));
+            payloads.push(format!(r#"{{"scope":{}}}"#, deep(levels, "\"a\"")));
+            payloads.push(format!(r#"{{"scope":[{}]}}"#, deep(levels, "")));
+            payloads.push(format!(r#"{{"aud":{}}}"#, deep(levels, "\"a\"")));
+        }
+        for p in &payloads {
+            agree(p);
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON-ish scalars: mostly valid, sometimes broken.
+        fn leaf() -> impl Strategy<Value = String> + Clone {
+            prop::sample::select(vec![
+                "null",
+                "true",
+                "false",
+                "0",
+                "1",
+                "-1",
+                "-0",
+                "01",
+                "1.5",
+                "1e3",
+                "1e400",
+                "18446744073709551615",
+                "18446744073709551616",
+                "\"\"",
+                "\"a\"",
+                "\"state.read\"",
+                "\"state.read events.write\"",
+                "\" a  b \"",
+                "\"\\u0061\"",
+                "\"\\n\"",
+                "\"gateway\"",
+                "\"é\"",
+                "tru",
+                "\"unterminated",
+                "-",
+                "",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        /// Valid scalars of the shapes tokens carry: mostly what the fast path takes.
+        fn valid_leaf() -> impl Strategy<Value = String> + Clone {
+            prop::sample::select(vec![
+                "null",
+                "true",
+                "false",
+                "0",
+                "7",
+                "1795939140",
+                "18446744073709551615",
+                "\"\"",
+                "\"a\"",
+                "\"gateway\"",
+                "\"state.read events.write\"",
+                "\" a  b \"",
+                "\"é ü\"",
+                "\"a/b\"",
+                "\"}\"",
+                "\"]\"",
+                "1.5",
+                "-1",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        /// A member value: a scalar from `leaf`, or arrays and objects of them.
+        fn value_of<S: Strategy<Value = String> + Clone + 'static>(
+            leaf: S,
+        ) -> impl Strategy<Value = String> {
+            let nested = leaf.clone().prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|v| format!("[{}]", v.join(","))),
+                    prop::collection::vec((key(), inner), 0..4).prop_map(|v| {
+                        let members: Vec<String> =
+                            v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                ]
+            });
+            prop_oneof![3 => leaf, 1 => nested]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            value_of(leaf())
+        }
+
+        fn valid_value() -> impl Strategy<Value = String> {
+            value_of(valid_leaf())
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "\"act\"",
+                "\"scope\"",
+                "\"iat\"",
+                "\"exp\"",
+                "\"nbf\"",
+                "\"aud\"",
+                "\"sub\"",
+                "\"iss\"",
+                "\"other\"",
+                "\"\\u0065xp\"",
+                "\"\"",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        fn space() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["", "", "", " ", "\n\t ", ","])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #[test]
+            fn claims_parse_as_before(
+                members in prop::collection::vec((key(), space(), value(), space()), 0..8),
+                tail in space(),
+            ) {
+                let body: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, s, v, t)| format!("{s}{k}{t}:{s}{v}{t}"))
+                    .collect();
+                agree(&format!("{{{}}}{tail}", body.join(",")));
+            }
+
+            #[test]
+            fn valid_claims_parse_as_before(
+                members in prop::collection::vec((key(), valid_value()), 0..5),
+            ) {
+                let body: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect();
+                agree(&format!("{{{}}}", body.join(",")));
+            }
+        }
+    }
 }
