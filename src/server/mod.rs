@@ -289,7 +289,7 @@ async fn accept_loop<F, S, B>(
         };
         let guard = ConnectionGuard::open(counted.clone());
         let service = make_service(peer, proto);
-        // Set when the connection's first request head has been parsed; see `first_request`.
+        // Set when the connection's first request head has been parsed; see `FirstRequest`.
         let started = Arc::new(AtomicBool::new(false));
         let service = {
             let started = started.clone();
@@ -388,25 +388,22 @@ impl<S, B> ConnService<B> for S where
 type ConnError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Conn<'_> {
-    /// Serves a connection until the client leaves, the drain ends it, or no first request
-    /// head arrives in time. `serve` is the protocol part (HTTP/1.1, or HTTP/1-or-2).
+    /// Serves a connection with hyper's HTTP/1-or-2 detection until the client leaves or no
+    /// first request head arrives by `first.deadline`. Only for the rarer protocols (h2c, h2
+    /// over TLS, too few bytes to tell): plain HTTP/1.1 checks the deadline in [`serve_h1`],
+    /// without this extra layer, which would hold a second copy of the connection's state.
     async fn run(
-        timeout: Duration,
-        started: &AtomicBool,
-        peer: SocketAddr,
+        first: FirstRequest<'_>,
         serve: impl std::future::Future<Output = Result<(), ConnError>>,
     ) {
-        let deadline = first_request(timeout, started);
         let result = tokio::select! {
             result = serve => result,
-            () = deadline => {
-                tracing::debug!(%peer, "no request within the head timeout");
+            () = first.missed() => {
+                tracing::debug!(peer = %first.peer, "no request within the head timeout");
                 return;
             }
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
+        log_end(result);
     }
 
     /// A clear-text connection: HTTP/1.1 straight away when its first bytes cannot be the
@@ -429,17 +426,22 @@ impl Conn<'_> {
             started,
             peer,
         } = self;
-        let serve = async move {
-            let mut first = [0u8; PREFACE.len()];
-            let n = stream.peek(&mut first).await?;
-            let io = TokioIo::new(stream);
-            if n > 0 && !PREFACE.starts_with(&first[..n]) {
-                serve_h1(h1, io, service, watcher, drain).await
-            } else {
-                Box::pin(serve_auto(builder, io, service, watcher)).await
+        let first = FirstRequest::new(limits.header_timeout, started, peer);
+        let mut head = [0u8; PREFACE.len()];
+        let n = match tokio::time::timeout_at(first.deadline, stream.peek(&mut head)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return log_end(Err(e.into())),
+            Err(_) => {
+                tracing::debug!(%peer, "no request within the head timeout");
+                return;
             }
         };
-        Self::run(limits.header_timeout, started, peer, serve).await;
+        let io = TokioIo::new(stream);
+        if n > 0 && !PREFACE.starts_with(&head[..n]) {
+            log_end(serve_h1(h1, io, service, watcher, drain, first).await);
+        } else {
+            Box::pin(Self::run(first, serve_auto(builder, io, service, watcher))).await;
+        }
     }
 
     /// The TLS handshake (bounded by the head timeout: a silent client is dropped), then
@@ -478,14 +480,12 @@ impl Conn<'_> {
             peer,
         } = self;
         let io = TokioIo::new(tls);
-        let serve = async move {
-            if h2 {
-                serve_auto(builder, io, service, watcher).await
-            } else {
-                serve_h1(h1, io, service, watcher, drain).await
-            }
-        };
-        Self::run(limits.header_timeout, started, peer, serve).await;
+        let first = FirstRequest::new(limits.header_timeout, started, peer);
+        if h2 {
+            Self::run(first, serve_auto(builder, io, service, watcher)).await;
+        } else {
+            log_end(serve_h1(h1, io, service, watcher, drain, first).await);
+        }
     }
 }
 
@@ -497,6 +497,7 @@ async fn serve_h1<I, S, B>(
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
     mut drain: watch::Receiver<bool>,
+    first: FirstRequest<'_>,
 ) -> Result<(), ConnError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -523,8 +524,19 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = first.missed() => {
+            tracing::debug!(peer = %first.peer, "no request within the head timeout");
+            return Ok(());
+        }
     };
     result.map_err(Into::into)
+}
+
+/// How a connection's end is logged: an error only at debug (clients vanish all the time).
+fn log_end(result: Result<(), ConnError>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// HTTP/1 or HTTP/2, by hyper's detection of the HTTP/2 preface.
@@ -568,16 +580,35 @@ fn next_worker() -> Option<tokio::runtime::Handle> {
     Some(workers[i].clone())
 }
 
-/// Resolves when a connection has gone `limit` without its first request head; never once it
-/// has one. hyper's HTTP/1 head timeout only runs once the protocol is known, and the
-/// HTTP/1-or-2 detection before it waits for bytes forever: a client that connects and sends
-/// nothing (or a few bytes of the HTTP/2 preface) would hold its `max_connections` slot for
-/// good, and enough of them lock every client out. Later heads on a keep-alive connection are
-/// hyper's timeout's to bound.
-async fn first_request(limit: Duration, started: &AtomicBool) {
-    tokio::time::sleep(limit).await;
-    if started.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
+/// The deadline of a connection's first request head, counted from its start: the preface
+/// peek, the TLS handshake and the head itself all fall within it. hyper's HTTP/1 head timeout
+/// only runs once the protocol is known, and the HTTP/1-or-2 detection before it waits for
+/// bytes forever: a client that connects and sends nothing (or a few bytes of the HTTP/2
+/// preface) would hold its `max_connections` slot for good, and enough of them lock every
+/// client out. Later heads on a keep-alive connection are hyper's timeout's to bound.
+#[derive(Clone, Copy)]
+struct FirstRequest<'a> {
+    deadline: tokio::time::Instant,
+    /// Set when the first request head has been parsed.
+    started: &'a AtomicBool,
+    peer: SocketAddr,
+}
+
+impl<'a> FirstRequest<'a> {
+    fn new(limit: Duration, started: &'a AtomicBool, peer: SocketAddr) -> Self {
+        FirstRequest {
+            deadline: tokio::time::Instant::now() + limit,
+            started,
+            peer,
+        }
+    }
+
+    /// Resolves at the deadline if no request head has come by then; never otherwise.
+    async fn missed(self) {
+        tokio::time::sleep_until(self.deadline).await;
+        if self.started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
