@@ -7,7 +7,6 @@
 //! that carries them was not made by a State Backed key.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,7 +28,8 @@ pub struct Verifier {
     max_token_bytes: usize,
     leeway: u64,
     require_exp: bool,
-    audiences: HashSet<String>,
+    /// Sorted, without duplicates: a config names one or a few.
+    audiences: Box<[String]>,
 }
 
 /// A token whose signature and time claims checked out.
@@ -363,7 +363,12 @@ impl Verifier {
             max_token_bytes: auth.max_token_bytes,
             leeway: auth.leeway_seconds,
             require_exp: auth.require_exp,
-            audiences: auth.audiences.iter().cloned().collect(),
+            audiences: {
+                let mut list = auth.audiences.clone();
+                list.sort_unstable();
+                list.dedup();
+                list.into_boxed_slice()
+            },
         }
     }
 
@@ -513,21 +518,19 @@ impl Verifier {
         enum Audience<'a> {
             Absent,
             Bad,
-            Listed(Vec<&'a str>),
+            One(&'a str),
+            /// Strings only (checked).
+            Listed(&'a [Value]),
         }
         let audience = match &claims.aud {
             None | Some(Value::Null) => Audience::Absent,
-            Some(Value::String(s)) => Audience::Listed(vec![s.as_str()]),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(Value::as_str)
-                .collect::<Option<Vec<_>>>()
-                .map_or(Audience::Bad, Audience::Listed),
+            Some(Value::String(s)) => Audience::One(s),
+            Some(Value::Array(list)) if list.iter().all(Value::is_string) => Audience::Listed(list),
             Some(_) => Audience::Bad,
         };
         let exp = Numeric::of(&claims.exp);
         let nbf = Numeric::of(&claims.nbf);
-        if !matches!(audience, Audience::Listed(_)) {
+        if matches!(audience, Audience::Absent | Audience::Bad) {
             return Err(refuse(trace, TokenFault::MissingClaim, || {
                 "no usable aud claim".to_owned()
             }));
@@ -556,8 +559,18 @@ impl Verifier {
                 }));
             }
         }
-        if let Audience::Listed(list) = audience {
-            if !list.iter().any(|a| self.audiences.contains(*a)) {
+        let ours = |aud: &str| {
+            self.audiences
+                .binary_search_by(|a| a.as_str().cmp(aud))
+                .is_ok()
+        };
+        let listed = match audience {
+            Audience::One(aud) => Some(ours(aud)),
+            Audience::Listed(list) => Some(list.iter().filter_map(Value::as_str).any(ours)),
+            Audience::Absent | Audience::Bad => None,
+        };
+        if let Some(listed) = listed {
+            if !listed {
                 return Err(refuse(trace, TokenFault::WrongAudience, || {
                     "aud names none of the configured audiences".to_owned()
                 }));
@@ -1100,7 +1113,9 @@ mod tests {
             br#"{"scope":"b a b","aud":"gateway","exp":18446744073709551615,"act":{"sub":"u"}}"#,
         )
         .unwrap();
-        assert_eq!(claims.scope.unwrap().joined(), "a b");
+        let scope = claims.scope.unwrap();
+        assert_eq!(scope.joined(), "a b");
+        assert_eq!(scope, ScopeSet::from_names(["a", "b"]));
         assert_eq!(claims.aud, Some(Value::String("gateway".into())));
         assert_eq!(claims.exp, Some(Value::Number(u64::MAX.into())));
         assert_eq!(claims.act.unwrap()["sub"], "u");
@@ -1227,6 +1242,79 @@ mod tests {
         assert!(fast_header(r#"{"alg":"HS256"}"#).unwrap().kid.is_none());
     }
 
+    #[test]
+    fn audiences_are_checked_as_before() {
+        // The check as it was: every string of `aud` looked up in a hash set.
+        fn reference(configured: &[&str], aud: &Option<Value>) -> Result<(), TokenFault> {
+            let set: HashSet<&str> = configured.iter().copied().collect();
+            let listed: Option<Vec<&str>> = match aud {
+                None | Some(Value::Null) => return Err(TokenFault::MissingClaim),
+                Some(Value::String(s)) => Some(vec![s.as_str()]),
+                Some(Value::Array(list)) => list.iter().map(Value::as_str).collect(),
+                Some(_) => None,
+            };
+            match listed {
+                None => Err(TokenFault::MissingClaim),
+                Some(list) if !list.iter().any(|a| set.contains(a)) => {
+                    Err(TokenFault::WrongAudience)
+                }
+                Some(_) => Ok(()),
+            }
+        }
+        use std::collections::HashSet;
+        let configs: [&[&str]; 4] = [
+            &["gateway"],
+            &["b", "a", "gateway", "a"],
+            &["https://api.statebacked.dev/", ""],
+            &[],
+        ];
+        let auds = [
+            r#"null"#,
+            r#""gateway""#,
+            r#""gatewa""#,
+            r#""gateway ""#,
+            r#""""#,
+            r#""a""#,
+            r#"[]"#,
+            r#"["gateway"]"#,
+            r#"["x","gateway"]"#,
+            r#"["x","y"]"#,
+            r#"["gateway",1]"#,
+            r#"[1,"gateway"]"#,
+            r#"["gateway",null]"#,
+            r#"[""]"#,
+            r#"["b","b"]"#,
+            r#"1"#,
+            r#"{"gateway":1}"#,
+            r#"true"#,
+        ];
+        for configured in configs {
+            let verifier = Verifier::new(&AuthSettings {
+                audiences: configured.iter().map(|s| s.to_string()).collect(),
+                leeway_seconds: 0,
+                require_exp: false,
+                max_token_bytes: 8192,
+                catalog: Default::default(),
+            });
+            for aud in auds
+                .iter()
+                .map(|a| Some(serde_json::from_str::<Value>(a).unwrap()))
+                .chain([None])
+            {
+                let claims = Claims {
+                    aud: aud.clone(),
+                    ..Claims::default()
+                };
+                let got = verifier
+                    .check_times_and_audience(&claims, 100, &mut ())
+                    .map_err(|e| match e {
+                        GatewayError::InvalidToken(fault) => fault,
+                        other => panic!("{other:?}"),
+                    });
+                assert_eq!(got, reference(configured, &aud), "{configured:?} {aud:?}");
+            }
+        }
+    }
     #[test]
     fn base64_decodes_as_before() {
         let alphabet = b"AZaz09-_=+/. ";
