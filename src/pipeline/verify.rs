@@ -7,7 +7,6 @@
 //! that carries them was not made by a State Backed key.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,7 +28,8 @@ pub struct Verifier {
     max_token_bytes: usize,
     leeway: u64,
     require_exp: bool,
-    audiences: HashSet<String>,
+    /// Sorted, without duplicates: a config names one or a few.
+    audiences: Box<[String]>,
 }
 
 /// A token whose signature and time claims checked out.
@@ -76,6 +76,7 @@ pub struct Claims {
 // `typ` … `nonce` are never read: declared so that a value of the wrong type is refused.
 #[allow(dead_code)]
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Header<'a> {
     alg: Algorithm,
     #[serde(default, borrow)]
@@ -362,7 +363,12 @@ impl Verifier {
             max_token_bytes: auth.max_token_bytes,
             leeway: auth.leeway_seconds,
             require_exp: auth.require_exp,
-            audiences: auth.audiences.iter().cloned().collect(),
+            audiences: {
+                let mut list = auth.audiences.clone();
+                list.sort_unstable();
+                list.dedup();
+                list.into_boxed_slice()
+            },
         }
     }
 
@@ -401,13 +407,9 @@ impl Verifier {
         // Exactly two dots (checked above): header.payload.signature.
         let (message, signature) = token.rsplit_once('.').expect("two dots");
         let (header_b64, payload_b64) = message.split_once('.').expect("two dots");
-        let header_json = URL_SAFE_NO_PAD.decode(header_b64);
-        let Some(header) = header_json
-            .as_deref()
-            .ok()
-            .filter(|json| valid_json(json))
-            .and_then(|json| serde_json::from_slice::<Header>(json).ok())
-        else {
+        let (mut header_stack, mut header_heap) = ([0u8; 192], Vec::new());
+        let header_json = decode_b64(header_b64, &mut header_stack, &mut header_heap);
+        let Some(header) = header_json.ok().and_then(parse_header) else {
             return Err(refuse(trace, TokenFault::Malformed, || {
                 "the header is not a JSON object with a known alg (\"none\" is never accepted)"
                     .to_owned()
@@ -445,30 +447,34 @@ impl Verifier {
                 )
             }));
         }
-        let Ok(tag) = URL_SAFE_NO_PAD.decode(signature) else {
+        // HS512's 64-byte tag and anything shorter decode on the stack.
+        let (mut tag_stack, mut tag_heap) = ([0u8; 66], Vec::new());
+        let Ok(tag) = decode_b64(signature, &mut tag_stack, &mut tag_heap) else {
             return Err(refuse(trace, TokenFault::Malformed, || {
                 "the signature is not base64url".to_owned()
             }));
         };
-        if !key.mac.verify(message.as_bytes(), &tag) {
+        if !key.mac.verify(message.as_bytes(), tag) {
             return Err(refuse(trace, TokenFault::BadSignature, || {
                 "the signature is not the key's".to_owned()
             }));
         }
-        let Ok(payload) = URL_SAFE_NO_PAD.decode(payload_b64) else {
+        let (mut payload_stack, mut payload_heap) = ([0u8; 1024], Vec::new());
+        let Ok(payload) = decode_b64(payload_b64, &mut payload_stack, &mut payload_heap) else {
             return Err(refuse(trace, TokenFault::Malformed, || {
                 "the payload is not base64url".to_owned()
             }));
         };
-        // A JSON object; serde would also fill a struct from an array, by position.
-        if payload.trim_ascii_start().first() != Some(&b'{') || !valid_json(&payload) {
-            return Err(refuse(trace, TokenFault::BadClaim, || {
-                "the payload is not a JSON object".to_owned()
-            }));
-        }
-        let claims = match parse_claims(&payload) {
+        let claims = match read_claims(payload) {
             Ok(c) => c,
-            Err(e) => return Err(refuse(trace, TokenFault::BadClaim, || e.to_string())),
+            Err(PayloadFault::NotObject) => {
+                return Err(refuse(trace, TokenFault::BadClaim, || {
+                    "the payload is not a JSON object".to_owned()
+                }))
+            }
+            Err(PayloadFault::Claims(e)) => {
+                return Err(refuse(trace, TokenFault::BadClaim, || e.to_string()))
+            }
         };
         self.check_times_and_audience(&claims, now, trace)?;
         if let Some(iat) = &claims.iat {
@@ -512,21 +518,19 @@ impl Verifier {
         enum Audience<'a> {
             Absent,
             Bad,
-            Listed(Vec<&'a str>),
+            One(&'a str),
+            /// Strings only (checked).
+            Listed(&'a [Value]),
         }
         let audience = match &claims.aud {
             None | Some(Value::Null) => Audience::Absent,
-            Some(Value::String(s)) => Audience::Listed(vec![s.as_str()]),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(Value::as_str)
-                .collect::<Option<Vec<_>>>()
-                .map_or(Audience::Bad, Audience::Listed),
+            Some(Value::String(s)) => Audience::One(s),
+            Some(Value::Array(list)) if list.iter().all(Value::is_string) => Audience::Listed(list),
             Some(_) => Audience::Bad,
         };
         let exp = Numeric::of(&claims.exp);
         let nbf = Numeric::of(&claims.nbf);
-        if !matches!(audience, Audience::Listed(_)) {
+        if matches!(audience, Audience::Absent | Audience::Bad) {
             return Err(refuse(trace, TokenFault::MissingClaim, || {
                 "no usable aud claim".to_owned()
             }));
@@ -555,8 +559,18 @@ impl Verifier {
                 }));
             }
         }
-        if let Audience::Listed(list) = audience {
-            if !list.iter().any(|a| self.audiences.contains(*a)) {
+        let ours = |aud: &str| {
+            self.audiences
+                .binary_search_by(|a| a.as_str().cmp(aud))
+                .is_ok()
+        };
+        let listed = match audience {
+            Audience::One(aud) => Some(ours(aud)),
+            Audience::Listed(list) => Some(list.iter().filter_map(Value::as_str).any(ours)),
+            Audience::Absent | Audience::Bad => None,
+        };
+        if let Some(listed) = listed {
+            if !listed {
                 return Err(refuse(trace, TokenFault::WrongAudience, || {
                     "aud names none of the configured audiences".to_owned()
                 }));
@@ -576,8 +590,150 @@ fn valid_json(json: &[u8]) -> bool {
         && (!json.windows(2).any(|w| w == b"\\u") || serde_json::from_slice::<Value>(json).is_ok())
 }
 
-/// The claims of a payload that is valid UTF-8 (checked by the caller): what
-/// `serde_json::from_slice::<Claims>` gives, through [`fast_claims`] when it can.
+/// `b64` decoded (base64url, no padding) into `stack` when it fits, else into `heap`: the
+/// same bytes and the same errors as `URL_SAFE_NO_PAD.decode`, without allocating for the
+/// sizes tokens have.
+fn decode_b64<'b>(
+    b64: &str,
+    stack: &'b mut [u8],
+    heap: &'b mut Vec<u8>,
+) -> Result<&'b [u8], base64::DecodeError> {
+    // The engine's own estimate is never more than this.
+    if b64.len().div_ceil(4) * 3 <= stack.len() {
+        match URL_SAFE_NO_PAD.decode_slice(b64, stack) {
+            Ok(n) => return Ok(&stack[..n]),
+            Err(base64::DecodeSliceError::DecodeError(e)) => return Err(e),
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {}
+        }
+    }
+    *heap = URL_SAFE_NO_PAD.decode(b64)?;
+    Ok(heap)
+}
+
+/// The JOSE header of decoded header bytes, or `None` when they are not valid JSON or not a
+/// header serde accepts: [`fast_header`] for the flat headers tokens carry, serde_json (after
+/// [`valid_json`]) for anything else.
+fn parse_header(json: &[u8]) -> Option<Header<'_>> {
+    let text = std::str::from_utf8(json).ok()?;
+    match fast_header(text) {
+        Some(header) => Some(header),
+        None => valid_json(json)
+            .then(|| serde_json::from_slice::<Header>(json).ok())
+            .flatten(),
+    }
+}
+
+/// The header of the common flat shape, without serde: one object whose members are all
+/// unescaped strings, with an `alg` of `HS256`, `HS384` or `HS512`, no member named twice
+/// (unknown ones aside, which serde ignores) and none of `jwk`, `jku`, `x5u`, `x5c`, `crit`.
+/// `None` for anything else, which [`parse_header`] leaves to serde_json. With no backslash
+/// anywhere, [`valid_json`] would only have checked that the text is UTF-8 (`text` is).
+fn fast_header(text: &str) -> Option<Header<'_>> {
+    let mut p = Scan {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    let mut header = Header {
+        alg: Algorithm::HS256,
+        kid: None,
+        typ: None,
+        cty: None,
+        x5t: None,
+        x5t_s256: None,
+        enc: None,
+        zip: None,
+        url: None,
+        nonce: None,
+        jwk: None,
+        jku: None,
+        x5u: None,
+        x5c: None,
+        crit: None,
+    };
+    let mut alg_seen = false;
+    p.ws();
+    p.eat(b'{')?;
+    p.ws();
+    loop {
+        p.eat(b'"')?;
+        let key = p.plain_str()?;
+        p.ws();
+        p.eat(b':')?;
+        p.ws();
+        p.eat(b'"')?;
+        let len = p.plain_str()?.len();
+        // Between two quotes, so on character boundaries.
+        let value = &text[p.i - 1 - len..p.i - 1];
+        let slot = match key {
+            b"alg" => {
+                if std::mem::replace(&mut alg_seen, true) {
+                    return None;
+                }
+                header.alg = match value {
+                    "HS256" => Algorithm::HS256,
+                    "HS384" => Algorithm::HS384,
+                    "HS512" => Algorithm::HS512,
+                    _ => return None,
+                };
+                None
+            }
+            b"kid" => Some(&mut header.kid),
+            b"typ" => Some(&mut header.typ),
+            b"cty" => Some(&mut header.cty),
+            b"x5t" => Some(&mut header.x5t),
+            b"x5t#S256" => Some(&mut header.x5t_s256),
+            b"enc" => Some(&mut header.enc),
+            b"zip" => Some(&mut header.zip),
+            b"url" => Some(&mut header.url),
+            b"nonce" => Some(&mut header.nonce),
+            b"jwk" | b"jku" | b"x5u" | b"x5c" | b"crit" => return None,
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            if slot.replace(Cow::Borrowed(value)).is_some() {
+                return None; // serde refuses the duplicate
+            }
+        }
+        p.ws();
+        match p.next()? {
+            b',' => p.ws(),
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    p.ws();
+    (alg_seen && p.i == p.b.len()).then_some(header)
+}
+
+/// Why a payload gives no claims.
+#[derive(Debug)]
+enum PayloadFault {
+    /// Not a JSON object, or not valid JSON throughout ([`valid_json`]).
+    NotObject,
+    /// A JSON object, but not one of claims serde accepts.
+    Claims(serde_json::Error),
+}
+
+/// The claims of a decoded payload: a JSON object (serde would also fill a struct from an
+/// array, by position) that is [`valid_json`], parsed by serde_json. Where [`fast_claims`]
+/// takes the payload it holds no `\u` byte pair, so `valid_json` would have checked only
+/// that it is UTF-8, and the claims are serde_json's.
+fn read_claims(payload: &[u8]) -> Result<Claims, PayloadFault> {
+    let object = payload.trim_ascii_start().first() == Some(&b'{');
+    if object && std::str::from_utf8(payload).is_ok() {
+        if let Some(claims) = fast_claims(payload) {
+            return Ok(claims);
+        }
+    }
+    if !object || !valid_json(payload) {
+        return Err(PayloadFault::NotObject);
+    }
+    serde_json::from_slice(payload).map_err(PayloadFault::Claims)
+}
+
+/// The claims of a payload that is valid UTF-8: what `serde_json::from_slice::<Claims>`
+/// gives, through [`fast_claims`] when it can.
+#[cfg(test)]
 fn parse_claims(payload: &[u8]) -> Result<Claims, serde_json::Error> {
     match fast_claims(payload) {
         Some(claims) => Ok(claims),
@@ -592,8 +748,9 @@ const FAST_MAX_DEPTH: usize = 64;
 /// The claims of the payloads tokens actually carry, without serde's machinery: one flat
 /// object whose members are unescaped strings, non-negative integers, `true`, `false`,
 /// `null`, or arrays and objects (those parsed by serde_json on their own, into what the
-/// claim's type takes). `None` for anything else — escapes, negative or fractional numbers,
-/// a repeated claim, any syntax error — and [`parse_claims`] parses the payload with
+/// claim's type takes). `None` for anything else — escapes (and any `\u` byte pair inside
+/// arrays and objects), negative or fractional numbers, a repeated claim, any syntax
+/// error — and [`parse_claims`] parses the payload with
 /// serde_json instead, so every such case behaves (and fails) exactly as before. Where this
 /// returns `Some`, the claims equal serde_json's (property-tested against it).
 fn fast_claims(payload: &[u8]) -> Option<Claims> {
@@ -823,8 +980,9 @@ impl<'a> Scan<'a> {
     }
 
     /// An array or object, up to its matching bracket (strings skipped, escapes included);
-    /// `None` when it does not close or nests deeper than [`FAST_MAX_DEPTH`]. Whether it is
-    /// valid JSON is for serde_json to say.
+    /// `None` when it does not close, nests deeper than [`FAST_MAX_DEPTH`] or holds the byte
+    /// pair `\u` (so that a payload [`fast_claims`] takes has none, and [`valid_json`] would
+    /// not have parsed it in full). Whether it is valid JSON is for serde_json to say.
     fn nested(&mut self) -> Option<&'a [u8]> {
         let start = self.i;
         let mut depth = 0usize;
@@ -845,8 +1003,13 @@ impl<'a> Scan<'a> {
                 b'"' => loop {
                     match self.next()? {
                         b'"' => break,
+                        // A `\u` byte pair, an escape's or an escaped backslash's: left to
+                        // `valid_json`'s full parse.
                         b'\\' => {
-                            self.next()?;
+                            let escaped = self.next()?;
+                            if escaped == b'u' || (escaped == b'\\' && self.peek() == Some(b'u')) {
+                                return None;
+                            }
                         }
                         _ => {}
                     }
@@ -915,6 +1078,7 @@ mod tests {
     /// The current parse and the reference agree: the same claims, or the same error text
     /// (which `explain` shows).
     fn agree(payload: &str) {
+        read_agrees(payload.as_bytes());
         let new = parse_claims(payload.as_bytes());
         let old = serde_json::from_str::<Reference>(payload);
         match (new, old) {
@@ -949,7 +1113,9 @@ mod tests {
             br#"{"scope":"b a b","aud":"gateway","exp":18446744073709551615,"act":{"sub":"u"}}"#,
         )
         .unwrap();
-        assert_eq!(claims.scope.unwrap().joined(), "a b");
+        let scope = claims.scope.unwrap();
+        assert_eq!(scope.joined(), "a b");
+        assert_eq!(scope, ScopeSet::from_names(["a", "b"]));
         assert_eq!(claims.aud, Some(Value::String("gateway".into())));
         assert_eq!(claims.exp, Some(Value::Number(u64::MAX.into())));
         assert_eq!(claims.act.unwrap()["sub"], "u");
@@ -979,6 +1145,257 @@ mod tests {
         agree(&deep);
     }
 
+    /// The header as it was read before [`fast_header`]: the reference it must agree with.
+    fn reference_header(json: &[u8]) -> Option<Header<'_>> {
+        valid_json(json)
+            .then(|| serde_json::from_slice::<Header>(json).ok())
+            .flatten()
+    }
+
+    /// [`parse_header`] gives what the reference gives; where [`fast_header`] answers, it
+    /// answers the same. Returns whether the fast path took it.
+    fn header_agrees(json: &[u8]) -> bool {
+        let reference = reference_header(json);
+        assert_eq!(
+            parse_header(json),
+            reference,
+            "{}",
+            String::from_utf8_lossy(json)
+        );
+        let fast = std::str::from_utf8(json).ok().and_then(fast_header);
+        if let Some(fast) = &fast {
+            assert_eq!(
+                Some(fast),
+                reference.as_ref(),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+        fast.is_some()
+    }
+
+    #[test]
+    fn headers_parse_as_before() {
+        let taken = [
+            r#"{"alg":"HS256","typ":"JWT","kid":"sbk_ac854c270c0f0c8c5087503f"}"#,
+            r#"{"typ":"JWT","alg":"HS384"}"#,
+            r#" { "alg" : "HS512" ,	"kid":"" }
+ "#,
+            r#"{"alg":"HS256","kid":"k","cty":"JWT","x5t":"a","x5t#S256":"b","enc":"c","zip":"d","url":"e","nonce":"f"}"#,
+            r#"{"alg":"HS256","other":"x","other":"y"}"#,
+            r#"{"alg":"HS256","kid":"é ü"}"#,
+            r#"{"alg":"HS256","kid":"}"}"#,
+        ];
+        for h in taken {
+            assert!(header_agrees(h.as_bytes()), "fast path: {h}");
+        }
+        let left = [
+            r#"{"alg":"HS256","kid":"\u006b"}"#,
+            r#"{"alg":"HS256","kid":"a\"b"}"#,
+            r#"{"alg":"HS256","kid":"\ud800"}"#,
+            r#"{"alg":"HS256","x":"\ud800"}"#,
+            r#"{"alg":"H\u0053256"}"#,
+            r#"{"\u0061lg":"HS256"}"#,
+            r#"{"alg":"HS256","kid":"a","kid":"b"}"#,
+            r#"{"alg":"HS256","alg":"HS256"}"#,
+            r#"{"alg":"HS256","typ":"a","typ":"a"}"#,
+            r#"{"alg":1}"#,
+            r#"{"alg":null}"#,
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"RS256","kid":"k"}"#,
+            r#"{"alg":"hs256"}"#,
+            r#"{"kid":"k"}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"["HS256"]"#,
+            r#"{"alg":"HS256","kid":null}"#,
+            r#"{"alg":"HS256","kid":1}"#,
+            r#"{"alg":"HS256","typ":1}"#,
+            r#"{"alg":"HS256","x":1e400}"#,
+            r#"{"alg":"HS256","x":123456789012345678901234567890}"#,
+            r#"{"alg":"HS256","x":{"y":[1,2]}}"#,
+            r#"{"alg":"HS256","jwk":{}}"#,
+            r#"{"alg":"HS256","jku":"u"}"#,
+            r#"{"alg":"HS256","x5u":"u"}"#,
+            r#"{"alg":"HS256","x5c":["a"]}"#,
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256",}"#,
+            r#"{"alg":"HS256"} x"#,
+            r#"{"alg":"HS256""#,
+            r#"{"alg" "HS256"}"#,
+            "{\"alg\":\"HS256\",\"kid\":\"a\tb\"}",
+            "\u{c}{\"alg\":\"HS256\"}",
+            "",
+        ];
+        for h in left {
+            assert!(!header_agrees(h.as_bytes()), "left to serde: {h}");
+        }
+        // Not UTF-8.
+        assert!(!header_agrees(b"{\"alg\":\"HS256\",\"kid\":\"\xff\"}"));
+        assert!(!header_agrees(b"{\"alg\":\"HS256\",\"x\":\"\xc3\"}"));
+        // What the fast path gives, field by field.
+        let h = fast_header(r#"{"alg":"HS384","kid":"","typ":"JWT"}"#).unwrap();
+        assert_eq!(h.alg, Algorithm::HS384);
+        assert_eq!(h.kid.as_deref(), Some(""));
+        assert_eq!(h.typ.as_deref(), Some("JWT"));
+        assert!(h.cty.is_none() && !h.names_its_own_key());
+        assert!(fast_header(r#"{"alg":"HS256"}"#).unwrap().kid.is_none());
+    }
+
+    #[test]
+    fn audiences_are_checked_as_before() {
+        // The check as it was: every string of `aud` looked up in a hash set.
+        fn reference(configured: &[&str], aud: &Option<Value>) -> Result<(), TokenFault> {
+            let set: HashSet<&str> = configured.iter().copied().collect();
+            let listed: Option<Vec<&str>> = match aud {
+                None | Some(Value::Null) => return Err(TokenFault::MissingClaim),
+                Some(Value::String(s)) => Some(vec![s.as_str()]),
+                Some(Value::Array(list)) => list.iter().map(Value::as_str).collect(),
+                Some(_) => None,
+            };
+            match listed {
+                None => Err(TokenFault::MissingClaim),
+                Some(list) if !list.iter().any(|a| set.contains(a)) => {
+                    Err(TokenFault::WrongAudience)
+                }
+                Some(_) => Ok(()),
+            }
+        }
+        use std::collections::HashSet;
+        let configs: [&[&str]; 4] = [
+            &["gateway"],
+            &["b", "a", "gateway", "a"],
+            &["https://api.statebacked.dev/", ""],
+            &[],
+        ];
+        let auds = [
+            r#"null"#,
+            r#""gateway""#,
+            r#""gatewa""#,
+            r#""gateway ""#,
+            r#""""#,
+            r#""a""#,
+            r#"[]"#,
+            r#"["gateway"]"#,
+            r#"["x","gateway"]"#,
+            r#"["x","y"]"#,
+            r#"["gateway",1]"#,
+            r#"[1,"gateway"]"#,
+            r#"["gateway",null]"#,
+            r#"[""]"#,
+            r#"["b","b"]"#,
+            r#"1"#,
+            r#"{"gateway":1}"#,
+            r#"true"#,
+        ];
+        for configured in configs {
+            let verifier = Verifier::new(&AuthSettings {
+                audiences: configured.iter().map(|s| s.to_string()).collect(),
+                leeway_seconds: 0,
+                require_exp: false,
+                max_token_bytes: 8192,
+                catalog: Default::default(),
+            });
+            for aud in auds
+                .iter()
+                .map(|a| Some(serde_json::from_str::<Value>(a).unwrap()))
+                .chain([None])
+            {
+                let claims = Claims {
+                    aud: aud.clone(),
+                    ..Claims::default()
+                };
+                let got = verifier
+                    .check_times_and_audience(&claims, 100, &mut ())
+                    .map_err(|e| match e {
+                        GatewayError::InvalidToken(fault) => fault,
+                        other => panic!("{other:?}"),
+                    });
+                assert_eq!(got, reference(configured, &aud), "{configured:?} {aud:?}");
+            }
+        }
+    }
+    #[test]
+    fn base64_decodes_as_before() {
+        let alphabet = b"AZaz09-_=+/. ";
+        let mut inputs: Vec<String> = Vec::new();
+        for len in 0..40 {
+            inputs.push("QUJD".repeat(len / 4) + &"QUJD"[..len % 4]);
+            inputs.push("_-9z".repeat(len / 4) + &"_-9z"[..len % 4]);
+            for &c in alphabet {
+                let mut s = "Zm9v".repeat(len / 4) + &"Zm9v"[..len % 4];
+                s.push(c as char);
+                inputs.push(s);
+            }
+        }
+        for input in &inputs {
+            let reference = URL_SAFE_NO_PAD.decode(input);
+            for size in [0, 3, 9, 30, 66] {
+                let (mut stack, mut heap) = (vec![0u8; size], Vec::new());
+                let got = decode_b64(input, &mut stack, &mut heap).map(<[u8]>::to_vec);
+                assert_eq!(got, reference, "{input:?} into {size}");
+            }
+        }
+    }
+
+    /// [`read_claims`] gives what the payload gave before: refused as not an object (or not
+    /// valid JSON throughout), or serde_json's claims or error.
+    fn read_agrees(payload: &[u8]) {
+        let old = if payload.trim_ascii_start().first() != Some(&b'{') || !valid_json(payload) {
+            None
+        } else {
+            Some(serde_json::from_slice::<Reference>(payload))
+        };
+        let text = String::from_utf8_lossy(payload);
+        match (read_claims(payload), old) {
+            (Err(PayloadFault::NotObject), None) => {}
+            (Ok(new), Some(Ok(old))) => {
+                assert_eq!(new.act, old.act, "act: {text}");
+                assert_eq!(new.scope, old.scope, "scope: {text}");
+                assert_eq!(
+                    (new.iat, new.exp, new.nbf, new.aud),
+                    (old.iat, old.exp, old.nbf, old.aud),
+                    "{text}"
+                );
+            }
+            (Err(PayloadFault::Claims(new)), Some(Err(old))) => {
+                assert_eq!(new.to_string(), old.to_string(), "error: {text}")
+            }
+            (new, old) => panic!("{text}: now {new:?}, was {old:?}"),
+        }
+    }
+
+    #[test]
+    fn payloads_read_as_before() {
+        for payload in [
+            r#"{"aud":"gateway","scope":"state.read","exp":1795939140}"#,
+            // A `\u` byte pair anywhere sends the payload through the full parse, which
+            // refuses what a skipped member hides (1e400 is out of range for a Value).
+            r#"{"x":["\\u",1e400]}"#,
+            r#"{"x":["\\\\u",1e400]}"#,
+            r#"{"x":["\\\u0061",1e400]}"#,
+            r#"{"x":["\\",1e400]}"#,
+            r#"{"x":["\nu",1e400]}"#,
+            r#"{"x":{"\u0061":1e400}}"#,
+            r#"{"x":["\ud800"]}"#,
+            r#"{"x":["\\ud800"]}"#,
+            r#"{"x":"\ud800"}"#,
+            r#"{"x":[1e400]}"#,
+            r#"{"sub":["\\u"]}"#,
+            r#"{"act":{"sub":"\\u"}}"#,
+            r#"{"act":{"sub":"\ud800"}}"#,
+            r#"{"x":[\u0061]}"#,
+            r#"[{"exp":1}]"#,
+            r#"  {"exp":1}"#,
+            r#""#,
+            r#"1"#,
+        ] {
+            read_agrees(payload.as_bytes());
+        }
+        read_agrees(b"{\"x\":\"\xff\"}");
+        read_agrees(b"{\"x\":[\"\xff\"]}");
+        read_agrees(b"{\"aud\":\"\xc3\xa9\"}");
+    }
     #[test]
     fn plain_strings_end_at_the_first_special_byte() {
         // Every position, every byte value, with and without a later special byte.
