@@ -1113,10 +1113,8 @@ mod tests {
             loop {
                 match decode_chunked(&mut state, &mut buf)? {
                     Step::Data(d) => out.extend_from_slice(&d),
-                    Step::End(t) => {
-                        assert!(buf.is_empty(), "bytes after the body");
-                        return Ok((out, t));
-                    }
+                    Step::End(_) if !buf.is_empty() => return Err("bytes after the body"),
+                    Step::End(t) => return Ok((out, t)),
                     Step::More => break,
                 }
             }
@@ -1214,6 +1212,77 @@ mod tests {
         assert!(keeps_alive(Version::HTTP_10, &h));
         h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
         assert!(!keeps_alive(Version::HTTP_11, &h));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A chunked encoding of `chunks`, with an extension on every other size line.
+        fn encode(chunks: &[Vec<u8>], trailer: bool) -> Vec<u8> {
+            let mut wire = Vec::new();
+            for (i, chunk) in chunks.iter().filter(|c| !c.is_empty()).enumerate() {
+                wire.extend_from_slice(format!("{:x}", chunk.len()).as_bytes());
+                if i % 2 == 1 {
+                    wire.extend_from_slice(b";name=\"v\"");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailer {
+                wire.extend_from_slice(b"x-digest: abc\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_chunking_read_in_any_pieces_decodes_to_the_data(
+                chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..8),
+                piece in 1usize..64,
+                trailer in any::<bool>(),
+            ) {
+                let wire = encode(&chunks, trailer);
+                let (data, trailers) = decode_all(&wire, piece).expect("a valid encoding");
+                prop_assert_eq!(data, chunks.concat());
+                prop_assert_eq!(trailers.is_some(), trailer);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_the_decoders(
+                wire in prop::collection::vec(any::<u8>(), 0..400),
+                piece in 1usize..32,
+            ) {
+                let _ = decode_all(&wire, piece);
+                let _ = parse_head(Bytes::from(wire.clone()));
+                let mut answer = BytesMut::from(&wire[..]);
+                let _ = final_head_arrived(&mut answer);
+            }
+
+            #[test]
+            fn a_response_head_and_its_body_split_where_the_head_ends(
+                names in prop::collection::vec("[a-z][a-z0-9-]{0,12}", 0..10),
+                body in prop::collection::vec(any::<u8>(), 0..200),
+            ) {
+                let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+                for (i, name) in names.iter().enumerate() {
+                    wire.extend_from_slice(format!("x-{name}: v{i}\r\n").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(&body);
+                let Ok(Head::Complete(received)) = parse_head(Bytes::from(wire)) else {
+                    return Err(TestCaseError::fail("a complete head did not parse"));
+                };
+                prop_assert_eq!(&received.rest[..], &body[..]);
+                let fields: usize = received.headers.keys().map(|k| received.headers.get_all(k).iter().count()).sum();
+                prop_assert_eq!(fields, names.len());
+            }
+        }
     }
 
     #[test]
