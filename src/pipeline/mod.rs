@@ -297,7 +297,7 @@ pub fn now_seconds() -> u64 {
 pub async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
-    peer: Peer,
+    peer: Arc<Peer>,
     proto: &'static str,
 ) -> Response<Body> {
     let started = Instant::now();

@@ -110,8 +110,9 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         Some(gw.clone()),
         move |peer, proto| {
             let gw = gw.clone();
-            // Formatted once per connection, for X-Forwarded-For.
-            let peer = pipeline::Peer::new(peer);
+            // Formatted once per connection, for X-Forwarded-For; shared, so the service that
+            // every connection's state holds (in several places) stays small.
+            let peer = Arc::new(pipeline::Peer::new(peer));
             service_fn(move |req| {
                 let gw = gw.clone();
                 let peer = peer.clone();
@@ -306,8 +307,9 @@ async fn accept_loop<F, S, B>(
         // Reap finished connections so the set holds only the open ones.
         while connections.try_join_next().is_some() {}
         let task = async move {
-            let _guard = guard;
-            let _slot = slot;
+            // Held (not re-bound: a new binding would be a second slot in every connection's
+            // task) until the task ends.
+            let _held = (&guard, &slot);
             let stream = match stream {
                 Accepted::Here(s) => s,
                 Accepted::Moving(s) => match tokio::net::TcpStream::from_std(s) {
@@ -323,7 +325,7 @@ async fn accept_loop<F, S, B>(
                 h1: &h1,
                 watcher,
                 drain,
-                limits,
+                header_timeout: limits.header_timeout,
                 started: &started,
                 peer,
             };
@@ -357,7 +359,8 @@ struct Conn<'a> {
     watcher: hyper_util::server::graceful::Watcher,
     /// Turns true when the listener starts draining.
     drain: watch::Receiver<bool>,
-    limits: Limits,
+    /// The listener's `header_read_timeout` (only this of its limits is needed per connection).
+    header_timeout: Duration,
     started: &'a AtomicBool,
     peer: SocketAddr,
 }
@@ -422,11 +425,11 @@ impl Conn<'_> {
             h1,
             watcher,
             drain,
-            limits,
+            header_timeout,
             started,
             peer,
         } = self;
-        let first = FirstRequest::new(limits.header_timeout, started, peer);
+        let first = FirstRequest::new(header_timeout, started, peer);
         let mut head = [0u8; PREFACE.len()];
         let n = match tokio::time::timeout_at(first.deadline, stream.peek(&mut head)).await {
             Ok(Ok(n)) => n,
@@ -457,30 +460,29 @@ impl Conn<'_> {
         B::Data: Send,
         B::Error: Into<ConnError>,
     {
-        let tls =
-            match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+        let tls = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                return;
+            }
+        };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let Conn {
             builder,
             h1,
             watcher,
             drain,
-            limits,
+            header_timeout,
             started,
             peer,
         } = self;
         let io = TokioIo::new(tls);
-        let first = FirstRequest::new(limits.header_timeout, started, peer);
+        let first = FirstRequest::new(header_timeout, started, peer);
         if h2 {
             Self::run(first, serve_auto(builder, io, service, watcher)).await;
         } else {
