@@ -307,9 +307,9 @@ async fn accept_loop<F, S, B>(
         // Reap finished connections so the set holds only the open ones.
         while connections.try_join_next().is_some() {}
         let task = async move {
-            // Held (not re-bound: a new binding would be a second slot in every connection's
-            // task) until the task ends.
-            let _held = (&guard, &slot);
+            // Mentioned so that the block owns them (dropped when the task ends), but not
+            // re-bound: a binding would take a second slot in every connection's task.
+            let _ = (&guard, &slot);
             let stream = match stream {
                 Accepted::Here(s) => s,
                 Accepted::Moving(s) => match tokio::net::TcpStream::from_std(s) {
@@ -582,8 +582,9 @@ fn next_worker() -> Option<tokio::runtime::Handle> {
     Some(workers[i].clone())
 }
 
-/// The deadline of a connection's first request head, counted from its start: the preface
-/// peek, the TLS handshake and the head itself all fall within it. hyper's HTTP/1 head timeout
+/// The deadline of a connection's first request head, counted from when the connection can
+/// carry one: from the accept in clear text (the preface peek falls within it), from the end
+/// of the handshake under TLS (the handshake has its own limit). hyper's HTTP/1 head timeout
 /// only runs once the protocol is known, and the HTTP/1-or-2 detection before it waits for
 /// bytes forever: a client that connects and sends nothing (or a few bytes of the HTTP/2
 /// preface) would hold its `max_connections` slot for good, and enough of them lock every
