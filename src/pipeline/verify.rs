@@ -694,11 +694,8 @@ fn fast_header(text: &str) -> Option<Header<'_>> {
                 return None; // serde refuses the duplicate
             }
         }
-        p.ws();
-        match p.next()? {
-            b',' => p.ws(),
-            b'}' => break,
-            _ => return None,
+        if p.object_ends()? {
+            break;
         }
     }
     p.ws();
@@ -826,11 +823,8 @@ fn fast_claims(payload: &[u8]) -> Option<Claims> {
                     }
                 }
             }
-            p.ws();
-            match p.next()? {
-                b',' => p.ws(),
-                b'}' => break,
-                _ => return None,
+            if p.object_ends()? {
+                break;
             }
         }
     }
@@ -897,6 +891,20 @@ impl<'a> Scan<'a> {
 
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.next()? == c).then_some(())
+    }
+
+    /// After an object member: `Some(false)` at a `,` (and the whitespace after it),
+    /// `Some(true)` at the closing `}`, `None` at anything else.
+    fn object_ends(&mut self) -> Option<bool> {
+        self.ws();
+        match self.next()? {
+            b',' => {
+                self.ws();
+                Some(false)
+            }
+            b'}' => Some(true),
+            _ => None,
+        }
     }
 
     /// JSON whitespace (RFC 8259 §2).

@@ -7,11 +7,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{eventually, mint, RecordingUpstream, TestGateway};
 
 const READ: &str = "/machines/m1/i/i1";
+
+/// The next request head on `sock` (without its blank line), read into `buf` as needed; what
+/// follows it stays in `buf`. `None` once the gateway closes the connection.
+async fn next_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
 
 /// A raw HTTP/1.1 upstream answering `ok` to every request head it reads.
 struct RawUpstream {
@@ -46,17 +63,7 @@ async fn raw_upstream(behaviour: Behaviour) -> RawUpstream {
             let (c, h) = (c.clone(), h.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
+                while let Some(head) = next_head(&mut sock, &mut buf).await {
                     h.lock().unwrap().push(head);
                     if sock
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -200,17 +207,7 @@ async fn scripted(answers: &'static [&'static [u8]], close_after: bool) -> Scrip
             let (h, served) = (h.clone(), served.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
+                while let Some(head) = next_head(&mut sock, &mut buf).await {
                     h.lock().unwrap().push(head);
                     let n = served.fetch_add(1, Ordering::SeqCst);
                     let answer = answers[n.min(answers.len() - 1)];
@@ -383,15 +380,10 @@ async fn an_interim_answer_during_an_upload_does_not_stop_it() {
         let (mut sock, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 65536];
-        let end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            let n = sock.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before the head");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let head = next_head(&mut sock, &mut buf)
+            .await
+            .expect("a request head")
+            .to_ascii_lowercase();
         let length: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length: "))
@@ -404,7 +396,7 @@ async fn an_interim_answer_during_an_upload_does_not_stop_it() {
         )
         .await
         .unwrap();
-        let mut got = buf.len() - end;
+        let mut got = buf.len();
         while got < length {
             let n = sock.read(&mut chunk).await.unwrap();
             assert!(n > 0, "closed inside the body");
