@@ -12,13 +12,13 @@
 
 use std::sync::Arc;
 
+use crate::pipeline::ClientBody;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Builtin;
@@ -68,7 +68,7 @@ pub async fn handle(
     builtin: Builtin,
     permit: Permit,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let identity = permit.identity.ok_or(GatewayError::Internal)?;
     let config = &snapshot.config;
@@ -108,7 +108,7 @@ async fn create(
     snapshot: &Snapshot,
     store: Store,
     identity: &Identity,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),

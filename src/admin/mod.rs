@@ -11,8 +11,8 @@ pub mod keys_api;
 
 use std::sync::Arc;
 
+use crate::pipeline::ClientBody;
 use http::request::Parts;
-use hyper::body::Incoming;
 
 use crate::config::Builtin;
 use crate::error::GatewayError;
@@ -26,7 +26,7 @@ pub async fn builtin(
     builtin: Builtin,
     permit: Permit,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     match builtin {
         Builtin::Dashboard => dashboard::handle(&parts),

@@ -21,13 +21,13 @@ pub mod records;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::ClientBody;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -86,7 +86,7 @@ pub async fn handle(
     gateway: &Arc<Gateway>,
     snapshot: &Snapshot,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let result = exchange(gateway, snapshot, &parts, body).await;
     let (kind, outcome) = match &result {
@@ -108,7 +108,7 @@ async fn exchange(
     gateway: &Arc<Gateway>,
     snapshot: &Snapshot,
     parts: &Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Outcome {
     let mut kind = "unknown";
     let result = async {
@@ -223,7 +223,7 @@ async fn exchange(
     }
 }
 
-async fn read_form(parts: &Parts, body: Incoming) -> Result<Vec<(String, String)>, GatewayError> {
+async fn read_form(parts: &Parts, body: ClientBody) -> Result<Vec<(String, String)>, GatewayError> {
     let form_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use super::authorize::{Permit, ACT_HEADER};
 use super::pool::H1Pool;
 pub use super::pool::UpstreamBody;
+use super::ClientBody;
 use crate::config::{TrustRoots, UpstreamProtocol, UpstreamSettings};
 use crate::error::GatewayError;
 
@@ -123,7 +124,7 @@ impl Upstream {
     /// upload is cut and the answer is 413 (unless the upstream already answered).
     pub async fn send(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         max_body: Option<u64>,
         upgrade: bool,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
@@ -268,7 +269,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The client's request body on its way upstream; tells `send` when it has been sent whole,
 /// and cuts it when it grows past the route's limit.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     sent: Option<Arc<Notify>>,
     limit: Option<u64>,
     seen: u64,
@@ -282,7 +283,7 @@ pub struct BodyTooLarge;
 
 impl RequestBody {
     fn new(
-        inner: Incoming,
+        inner: ClientBody,
         sent: Option<Arc<Notify>>,
         limit: Option<u64>,
         exceeded: Option<Arc<AtomicBool>>,
@@ -563,7 +564,7 @@ pub async fn forward(
     (upstream, uri): (usize, Uri),
     permit: &Permit,
     route: &crate::config::Route,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     client: ClientSide<'_>,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let (mut parts, body) = request.into_parts();
@@ -618,7 +619,7 @@ pub async fn forward(
 /// Times the upstream round trip into the upstream histogram.
 pub async fn send_timed(
     upstream: &Upstream,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     max_body: Option<u64>,
     upgrade: bool,
     metrics: &crate::metrics::Metrics,

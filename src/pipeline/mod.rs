@@ -26,8 +26,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 
 pub use authorize::Permit;
 use forward::{Body, ClientSide};
@@ -269,6 +270,49 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// A client's request body: hyper's, or none at all (a bodiless request that the gateway's
+/// own HTTP/1.1 reader parsed; see `server::h1`).
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(body: Incoming) -> Self {
+        ClientBody::Hyper(body)
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => std::pin::Pin::new(body).poll_frame(cx),
+            ClientBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// The client at the other end of a connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -296,7 +340,7 @@ pub fn now_seconds() -> u64 {
 /// Serves one request end to end.
 pub async fn handle(
     gateway: Arc<Gateway>,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     peer: Arc<Peer>,
     proto: &'static str,
 ) -> Response<Body> {

@@ -9,6 +9,7 @@
 //! text: h2c with prior knowledge). At most `max_connections` are served at once; beyond that
 //! the accept loop waits for one to close, and new clients queue in the kernel's backlog.
 
+mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -110,15 +111,13 @@ pub async fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Runni
         Some(gw.clone()),
         move |peer, proto| {
             let gw = gw.clone();
-            // Formatted once per connection, for X-Forwarded-For; shared, so the service that
-            // every connection's state holds (in several places) stays small.
-            let peer = Arc::new(pipeline::Peer::new(peer));
-            service_fn(move |req| {
+            service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
                 let peer = peer.clone();
                 // Boxed per request: hyper keeps room for one in-flight service future in every
                 // connection, idle ones included, and this one is ~4 KiB.
                 Box::pin(async move {
+                    let req = req.map(pipeline::ClientBody::Hyper);
                     Ok::<_, Infallible>(pipeline::handle(gw, req, peer, proto).await)
                 })
             })
@@ -210,7 +209,7 @@ async fn accept_loop<F, S, B>(
     counted: Option<Arc<Gateway>>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr, &'static str) -> S,
+    F: Fn(Arc<pipeline::Peer>, &'static str) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
@@ -289,7 +288,10 @@ async fn accept_loop<F, S, B>(
             None => Accepted::Here(stream),
         };
         let guard = ConnectionGuard::open(counted.clone());
-        let service = make_service(peer, proto);
+        // Formatted once per connection, for X-Forwarded-For; shared, so the service that
+        // every connection's state holds (in several places) stays small.
+        let peer = Arc::new(pipeline::Peer::new(peer));
+        let service = make_service(peer.clone(), proto);
         // Set when the connection's first request head has been parsed; see `FirstRequest`.
         let started = Arc::new(AtomicBool::new(false));
         let service = {
@@ -326,8 +328,10 @@ async fn accept_loop<F, S, B>(
                 watcher,
                 drain,
                 header_timeout: limits.header_timeout,
+                max_header_bytes: limits.max_header_bytes,
                 started: &started,
-                peer,
+                peer: &peer,
+                gateway: guard.0.as_ref(),
             };
             match acceptor {
                 None => conn.serve_plain(stream, service).await,
@@ -359,10 +363,14 @@ struct Conn<'a> {
     watcher: hyper_util::server::graceful::Watcher,
     /// Turns true when the listener starts draining.
     drain: watch::Receiver<bool>,
-    /// The listener's `header_read_timeout` (only this of its limits is needed per connection).
+    /// The listener's `header_read_timeout` and `max_header_bytes`.
     header_timeout: Duration,
+    max_header_bytes: usize,
     started: &'a AtomicBool,
-    peer: SocketAddr,
+    peer: &'a Arc<pipeline::Peer>,
+    /// The main listener's gateway: its clear-text HTTP/1.1 connections go through [`h1`]
+    /// first. `None` on the admin listener (hyper alone).
+    gateway: Option<&'a Arc<Gateway>>,
 }
 
 /// The service of a connection, as hyper takes it.
@@ -424,25 +432,50 @@ impl Conn<'_> {
             builder,
             h1,
             watcher,
-            drain,
+            mut drain,
             header_timeout,
+            max_header_bytes,
             started,
             peer,
+            gateway,
         } = self;
-        let first = FirstRequest::new(header_timeout, started, peer);
+        let first = FirstRequest::new(header_timeout, started, peer.addr);
         let mut head = [0u8; PREFACE.len()];
         let n = match tokio::time::timeout_at(first.deadline, stream.peek(&mut head)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return log_end(Err(e.into())),
             Err(_) => {
-                tracing::debug!(%peer, "no request within the head timeout");
+                tracing::debug!(peer = %peer.addr, "no request within the head timeout");
                 return;
             }
         };
-        let io = TokioIo::new(stream);
         if n > 0 && !PREFACE.starts_with(&head[..n]) {
-            log_end(serve_h1(h1, io, service, watcher, drain, first).await);
+            let Some(gateway) = gateway else {
+                let io = TokioIo::new(stream);
+                return log_end(serve_h1(h1, io, service, watcher, drain, first).await);
+            };
+            let mut stream = stream;
+            let serve = h1::Serve {
+                gateway,
+                peer,
+                header_timeout,
+                max_header_bytes,
+                first_deadline: first.deadline,
+                started,
+            };
+            match h1::serve(&mut stream, serve, &mut drain).await {
+                Ok(h1::End::Closed) => {}
+                Ok(h1::End::HandOff(read)) => {
+                    let io = TokioIo::new(h1::Rewind::new(read, stream));
+                    // Boxed: rare, and hyper's connection state would otherwise take room in
+                    // every connection's task.
+                    let served = Box::pin(serve_h1(h1, io, service, watcher, drain, first));
+                    log_end(served.await);
+                }
+                Err(e) => log_end(Err(e.into())),
+            }
         } else {
+            let io = TokioIo::new(stream);
             Box::pin(Self::run(first, serve_auto(builder, io, service, watcher))).await;
         }
     }
@@ -463,11 +496,11 @@ impl Conn<'_> {
         let tls = match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                tracing::debug!(peer = %self.peer.addr, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                tracing::debug!(peer = %self.peer.addr, "TLS handshake timed out");
                 return;
             }
         };
@@ -480,9 +513,10 @@ impl Conn<'_> {
             header_timeout,
             started,
             peer,
+            ..
         } = self;
         let io = TokioIo::new(tls);
-        let first = FirstRequest::new(header_timeout, started, peer);
+        let first = FirstRequest::new(header_timeout, started, peer.addr);
         if h2 {
             Self::run(first, serve_auto(builder, io, service, watcher)).await;
         } else {

@@ -1,0 +1,630 @@
+//! The gateway's own HTTP/1.1 reader and writer for clear-text client connections, for the
+//! request almost every API call is: HTTP/1.1, no body, no upgrade, no expectation.
+//!
+//! It parses the head with `httparse` (the parser hyper uses) into a request whose header
+//! values are slices of the bytes read, runs [`pipeline::handle`] in the connection's own
+//! task, and writes the response straight to the socket: no dispatcher, no channel, and no
+//! buffer held while the connection is idle.
+//!
+//! Anything else — a body, `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, a head `httparse` or
+//! `http` refuses, a head over the size limit — hands the connection, with every byte read so
+//! far, to hyper's HTTP/1 server for the rest of its life ([`End::HandOff`]). So every unusual
+//! or malformed request is still judged by hyper, exactly as before; this module only ever
+//! serves requests that hyper would have accepted, and answers them as hyper would:
+//!
+//! - framing by RFC 9112 §6: no body for HEAD, 1xx, 204 and 304; `content-length` when the
+//!   body's size is known, `transfer-encoding: chunked` otherwise;
+//! - a `date` header, `connection: close` when the connection will close (the client asked,
+//!   or the listener is draining);
+//! - keep-alive with pipelining: bytes after one head are the next request;
+//! - the head timeout counted from the end of the previous response (from the accept for the
+//!   first request), and a client that closes while its request is in flight cancels it;
+//! - trailers are not written: the only responses with a body of unknown length come from
+//!   upstreams, whose `Trailer` field is removed as hop-by-hop, and hyper writes none then.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::io::Write as _;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::gateway::Gateway;
+use crate::pipeline::{self, ClientBody, Peer};
+
+/// hyper's limit on a request's header fields; more is answered 431 (by hyper, after the
+/// hand-off).
+const MAX_HEADERS: usize = 100;
+/// hyper's limit on a request target; longer is answered 414 (by hyper).
+const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
+/// A read takes at least this much room, and asks for this much when it needs more.
+const READ_MIN: usize = 1024;
+const READ_SIZE: usize = 4096;
+/// Body data up to this size is copied into the write buffer (one write for head and body);
+/// larger pieces are written on their own.
+const COPY_MAX: usize = 16 * 1024;
+
+/// What a connection's listener gives this module.
+pub(super) struct Serve<'a> {
+    pub gateway: &'a Arc<Gateway>,
+    pub peer: &'a Arc<Peer>,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// When the first request head must have arrived by.
+    pub first_deadline: Instant,
+    /// Set once a request has been served (see `FirstRequest` in the listener).
+    pub started: &'a AtomicBool,
+}
+
+/// How a connection left this module.
+pub(super) enum End {
+    /// Closed, or to be dropped: the client left, timed out, asked to close, or the listener
+    /// drained.
+    Closed,
+    /// Not a request for this module: hyper serves the connection from here on, starting with
+    /// these bytes (already read from the socket).
+    HandOff(Bytes),
+}
+
+/// Serves `stream` until it ends or has to go to hyper.
+pub(super) async fn serve(
+    stream: &mut TcpStream,
+    s: Serve<'_>,
+    drain: &mut watch::Receiver<bool>,
+) -> io::Result<End> {
+    let mut buf = BytesMut::new();
+    let mut timeout = pin!(tokio::time::sleep_until(s.first_deadline));
+    loop {
+        // 1. A whole head: parsed from what is buffered, else read until it is.
+        let (request, keep_alive) = loop {
+            if !buf.is_empty() {
+                let bytes = std::mem::take(&mut buf).freeze();
+                match parse(&bytes, s.max_header_bytes) {
+                    Parsed::Request {
+                        request,
+                        len,
+                        keep_alive,
+                    } => {
+                        let rest = bytes.slice(len..);
+                        if !rest.is_empty() {
+                            // Pipelined: the next request's first bytes.
+                            buf = BytesMut::from(&rest[..]);
+                        }
+                        break (request, keep_alive);
+                    }
+                    Parsed::Partial if bytes.len() < s.max_header_bytes => {
+                        buf = BytesMut::from(bytes);
+                    }
+                    Parsed::Partial | Parsed::Unusual => return Ok(End::HandOff(bytes)),
+                }
+            } else if draining(drain) {
+                return Ok(End::Closed);
+            }
+            tokio::select! {
+                biased;
+                ready = stream.readable() => ready?,
+                () = timeout.as_mut() => {
+                    tracing::debug!(peer = %s.peer.addr, "no request head within the head timeout");
+                    return Ok(End::Closed);
+                }
+                _ = drain.changed(), if buf.is_empty() => continue,
+            }
+            match read_now(stream, &mut buf).await {
+                Poll::Ready(Ok(0)) => return Ok(End::Closed),
+                Poll::Ready(Ok(_)) | Poll::Pending => {}
+                Poll::Ready(Err(e)) => return Err(e),
+            }
+        };
+        s.started.store(true, Ordering::Relaxed);
+
+        // 2. The answer, while watching for the client leaving (or pipelining).
+        let head_request = request.method() == Method::HEAD;
+        let handled = pipeline::handle(s.gateway.clone(), request, s.peer.clone(), "http");
+        // Boxed: it is large, and an idle connection should not carry room for it.
+        let Some(response) =
+            unless_client_leaves(Box::pin(handled), stream, &mut buf, s.max_header_bytes).await?
+        else {
+            return Ok(End::Closed);
+        };
+        let keep_alive = keep_alive && !draining(drain);
+
+        // 3. Written out; the connection stays only if the response ended cleanly.
+        let kept = write_response(
+            stream,
+            response,
+            head_request,
+            keep_alive,
+            &mut buf,
+            s.max_header_bytes,
+        )
+        .await?;
+        if !kept {
+            let _ = stream.shutdown().await;
+            return Ok(End::Closed);
+        }
+        timeout.as_mut().reset(Instant::now() + s.header_timeout);
+    }
+}
+
+/// Has the listener started draining (or gone)?
+fn draining(drain: &watch::Receiver<bool>) -> bool {
+    *drain.borrow() || drain.has_changed().is_err()
+}
+
+/// Reads whatever the socket has now into `buf` (making room first): `Pending` when it has
+/// nothing, `Ready(Ok(0))` at its end.
+async fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_MIN {
+        buf.reserve(READ_SIZE);
+    }
+    poll_fn(|cx| {
+        Poll::Ready(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *stream),
+            cx,
+            buf,
+        ))
+    })
+    .await
+}
+
+/// Runs `work` to its end, unless the client closes its side first (then `None`: dropping
+/// `work` cancels the request, as hyper does). Whatever the client sends meanwhile (a
+/// pipelined request) is kept in `buf`, up to `limit` bytes; after that it is left unread.
+async fn unless_client_leaves<T>(
+    work: impl Future<Output = T>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> io::Result<Option<T>> {
+    let mut work = pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = work.as_mut() => return Ok(Some(done)),
+            ready = stream.readable(), if buf.len() < limit => {
+                ready?;
+                match read_now(stream, buf).await {
+                    Poll::Ready(Ok(0)) => return Ok(None),
+                    Poll::Ready(Ok(_)) | Poll::Pending => {}
+                    Poll::Ready(Err(e)) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of parsing what a client has sent so far.
+enum Parsed {
+    Request {
+        request: Request<ClientBody>,
+        /// The head's length in bytes; anything after it is the next request.
+        len: usize,
+        keep_alive: bool,
+    },
+    /// Not a whole head yet.
+    Partial,
+    /// For hyper to serve: not a plain bodiless HTTP/1.1 request, or not one that parses.
+    Unusual,
+}
+
+/// Parses a request head at the start of `bytes`, as hyper's server would (same parser, same
+/// limits, same `http` types); header values and the target are slices of `bytes`.
+fn parse(bytes: &Bytes, max_head: usize) -> Parsed {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut head,
+        bytes,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Unusual,
+    };
+    let (Some(method), Some(target), Some(1)) = (head.method, head.path, head.version) else {
+        return Parsed::Unusual;
+    };
+    if len > max_head || target.len() > MAX_URI_LEN {
+        return Parsed::Unusual;
+    }
+    let method = match method {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        "DELETE" => Method::DELETE,
+        "OPTIONS" => Method::OPTIONS,
+        other => match Method::from_bytes(other.as_bytes()) {
+            Ok(m) if m != Method::CONNECT => m,
+            _ => return Parsed::Unusual,
+        },
+    };
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())) else {
+        return Parsed::Unusual;
+    };
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    let mut keep_alive = true;
+    let mut sized = false;
+    for field in head.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+            return Parsed::Unusual;
+        };
+        match name {
+            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Unusual,
+            header::CONTENT_LENGTH => {
+                // Only an explicit empty body; a repeat (equal) is dropped, as hyper does.
+                if field.value != b"0" {
+                    return Parsed::Unusual;
+                }
+                if std::mem::replace(&mut sized, true) {
+                    continue;
+                }
+            }
+            header::CONNECTION if has_token(field.value, b"close") => keep_alive = false,
+            _ => {}
+        }
+        let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value)) else {
+            return Parsed::Unusual;
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(ClientBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Parsed::Request {
+        request,
+        len,
+        keep_alive,
+    }
+}
+
+/// Does a comma-separated field value hold `token` (ASCII case-insensitive)?
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// How the response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Exactly this many bytes to go.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response`. `Ok(true)` if the connection can carry the next request.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: Response<pipeline::forward::Body>,
+    head_request: bool,
+    keep_alive: bool,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
+    let Some((framing, keep_alive)) = encode_head(
+        parts.status,
+        &parts.headers,
+        &body,
+        head_request,
+        keep_alive,
+        &mut out,
+    ) else {
+        // A 1xx the gateway cannot carry without an upgrade: as hyper, a 500 and close.
+        out.clear();
+        encode_head(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &HeaderMap::new(),
+            &http_body_util::Either::Right(http_body_util::Full::new(Bytes::new())),
+            head_request,
+            false,
+            &mut out,
+        );
+        stream.write_all(&out).await?;
+        return Ok(false);
+    };
+    let mut body = pin!(body);
+    let mut left = framing;
+    if left == Framing::Length(0) {
+        stream.write_all(&out).await?;
+        return Ok(keep_alive);
+    }
+    loop {
+        // Take what the body has ready; write out only when it has nothing more for now.
+        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                let next = poll_fn(|cx| body.as_mut().poll_frame(cx));
+                match unless_client_leaves(next, stream, buf, limit).await? {
+                    Some(frame) => frame,
+                    None => return Ok(false),
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+            Some(Err(e)) => {
+                // Cut short: the client must not take a truncated body for a whole one.
+                tracing::debug!(error = %e, "response body failed; closing the connection");
+                let _ = stream.write_all(&out).await;
+                return Ok(false);
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match &mut left {
+            Framing::Length(n) => {
+                if data.len() as u64 > *n {
+                    tracing::debug!("response body longer than its content-length; closing");
+                    let _ = stream.write_all(&out).await;
+                    return Ok(false);
+                }
+                *n -= data.len() as u64;
+            }
+            Framing::Chunked => {
+                let _ = write!(out, "{:X}\r\n", data.len());
+            }
+        }
+        put(stream, &mut out, data).await?;
+        if left == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match left {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(0) => {}
+        Framing::Length(_) => {
+            tracing::debug!("response body shorter than its content-length; closing");
+            let _ = stream.write_all(&out).await;
+            return Ok(false);
+        }
+    }
+    stream.write_all(&out).await?;
+    Ok(keep_alive)
+}
+
+/// Appends `data` to `out`, or — when it is large — writes `out` and then `data` itself.
+async fn put(stream: &mut TcpStream, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
+    if data.len() <= COPY_MAX {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    let mut data = data;
+    while data.has_remaining() {
+        let n = stream.write(&data).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data.advance(n);
+    }
+    Ok(())
+}
+
+/// Writes the status line and fields into `out`, and returns the body's framing and whether
+/// the connection stays open; `None` for a 1xx status (not a response this path can send).
+fn encode_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &pipeline::forward::Body,
+    head_request: bool,
+    mut keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> Option<(Framing, bool)> {
+    if status.is_informational() {
+        return None;
+    }
+    // RFC 9110 §6.4.1, §15.4.5: no content with these.
+    let no_content = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let can_have_body = !head_request && !no_content;
+    // The body's own idea of its length; `None` when it has nothing at all.
+    let known = if body.is_end_stream() {
+        None
+    } else {
+        Some(body.size_hint().exact())
+    };
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut framing = None;
+    let mut wrote_date = false;
+    let mut wrote_close = false;
+    for (name, value) in headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if framing.is_some() || no_content {
+                    continue;
+                }
+                let declared = match known {
+                    Some(Some(n)) => n,
+                    Some(None) => match parse_length(value.as_bytes()) {
+                        Some(n) => n,
+                        None => continue,
+                    },
+                    // Nothing to send: the field stays only on a HEAD answer, where it says
+                    // what a GET would have had.
+                    None if head_request => parse_length(value.as_bytes()).unwrap_or(0),
+                    None => continue,
+                };
+                framing = Some(Framing::Length(declared));
+            }
+            // Removed from every upstream response as hop-by-hop; the gateway's own set none.
+            header::TRANSFER_ENCODING | header::TRAILER => continue,
+            header::CONNECTION => {
+                if has_token(value.as_bytes(), b"close") {
+                    keep_alive = false;
+                    wrote_close = true;
+                }
+            }
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = match framing {
+        Some(f) => f,
+        None => match known {
+            Some(None) => {
+                if can_have_body {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                }
+                Framing::Chunked
+            }
+            None | Some(Some(0)) => {
+                if !no_content && !head_request {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Framing::Length(0)
+            }
+            Some(Some(n)) => {
+                if !no_content {
+                    out.extend_from_slice(b"content-length: ");
+                    let _ = write!(out, "{n}\r\n");
+                }
+                Framing::Length(n)
+            }
+        },
+    };
+    let framing = if can_have_body {
+        framing
+    } else {
+        Framing::Length(0)
+    };
+    if !keep_alive && !wrote_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        date::extend(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some((framing, keep_alive))
+}
+
+/// A `Content-Length` value: one decimal number (RFC 9110 §8.6).
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The `date` field's value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+
+    pub(super) fn extend(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != secs || cached.1.is_empty() {
+                *cached = (secs, httpdate::fmt_http_date(now));
+            }
+            out.extend_from_slice(cached.1.as_bytes());
+        });
+    }
+}
+
+/// A connection handed to hyper: the bytes already read come first, then the socket.
+pub(super) struct Rewind<T> {
+    read: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub(super) fn new(read: Bytes, inner: T) -> Self {
+        Rewind { read, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
