@@ -9,6 +9,7 @@ mod errors;
 mod exchange;
 mod explain;
 mod forwarding;
+mod h1_server;
 mod identity;
 mod keys_api;
 mod kubernetes;
