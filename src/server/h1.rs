@@ -127,34 +127,35 @@ pub(super) async fn serve(
             }
         };
         s.started.store(true, Ordering::Relaxed);
-
-        // 2. The answer, while watching for the client leaving (or pipelining).
-        let head_request = request.method() == Method::HEAD;
-        let handled = pipeline::handle(s.gateway.clone(), request, s.peer.clone(), "http");
-        // Boxed: it is large, and an idle connection should not carry room for it.
-        let Some(response) =
-            unless_client_leaves(Box::pin(handled), stream, &mut buf, s.max_header_bytes).await?
-        else {
-            return Ok(End::Closed);
-        };
-        let keep_alive = keep_alive && !draining(drain);
-
-        // 3. Written out; the connection stays only if the response ended cleanly.
-        let kept = write_response(
-            stream,
-            response,
-            head_request,
-            keep_alive,
-            &mut buf,
-            s.max_header_bytes,
-        )
-        .await?;
-        if !kept {
+        // Boxed, once per request: answering takes far more state than waiting for a head,
+        // and an idle connection should not carry room for it.
+        let answered = respond(stream, &s, request, keep_alive, &mut buf, drain);
+        if !Box::pin(answered).await? {
             let _ = stream.shutdown().await;
             return Ok(End::Closed);
         }
         timeout.as_mut().reset(Instant::now() + s.header_timeout);
     }
+}
+
+/// Answers one request: `Ok(true)` if the connection can carry the next one.
+async fn respond(
+    stream: &mut TcpStream,
+    s: &Serve<'_>,
+    request: Request<ClientBody>,
+    keep_alive: bool,
+    buf: &mut BytesMut,
+    drain: &watch::Receiver<bool>,
+) -> io::Result<bool> {
+    let head_request = request.method() == Method::HEAD;
+    let handled = pipeline::handle(s.gateway.clone(), request, s.peer.clone(), "http");
+    // While it runs, a client that leaves cancels it (and what it sends is kept in `buf`).
+    let Some(response) = unless_client_leaves(handled, stream, buf, s.max_header_bytes).await?
+    else {
+        return Ok(false);
+    };
+    let keep_alive = keep_alive && !draining(drain);
+    write_response(stream, response, head_request, keep_alive, buf, s.max_header_bytes).await
 }
 
 /// Has the listener started draining (or gone)?

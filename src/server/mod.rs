@@ -451,8 +451,10 @@ impl Conn<'_> {
         };
         if n > 0 && !PREFACE.starts_with(&head[..n]) {
             let Some(gateway) = gateway else {
+                // The admin listener. Boxed, as below: hyper's connection state is large.
                 let io = TokioIo::new(stream);
-                return log_end(serve_h1(h1, io, service, watcher, drain, first).await);
+                let served = Box::pin(serve_h1(h1, io, service, watcher, drain, first));
+                return log_end(served.await);
             };
             let mut stream = stream;
             let serve = h1::Serve {
