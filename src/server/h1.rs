@@ -155,7 +155,15 @@ async fn respond(
         return Ok(false);
     };
     let keep_alive = keep_alive && !draining(drain);
-    write_response(stream, response, head_request, keep_alive, buf, s.max_header_bytes).await
+    write_response(
+        stream,
+        response,
+        head_request,
+        keep_alive,
+        buf,
+        s.max_header_bytes,
+    )
+    .await
 }
 
 /// Has the listener started draining (or gone)?
@@ -206,6 +214,7 @@ async fn unless_client_leaves<T>(
 }
 
 /// The outcome of parsing what a client has sent so far.
+#[allow(clippy::large_enum_variant)] // returned once per request and taken apart at once
 enum Parsed {
     Request {
         request: Request<ClientBody>,
@@ -481,11 +490,9 @@ fn encode_head(
             }
             // Removed from every upstream response as hop-by-hop; the gateway's own set none.
             header::TRANSFER_ENCODING | header::TRAILER => continue,
-            header::CONNECTION => {
-                if has_token(value.as_bytes(), b"close") {
-                    keep_alive = false;
-                    wrote_close = true;
-                }
+            header::CONNECTION if has_token(value.as_bytes(), b"close") => {
+                keep_alive = false;
+                wrote_close = true;
             }
             header::DATE => wrote_date = true,
             _ => {}
@@ -627,5 +634,351 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 64 * 1024;
+
+    fn parsed(wire: &str) -> Parsed {
+        parse(&Bytes::copy_from_slice(wire.as_bytes()), LIMIT)
+    }
+
+    fn request(wire: &str) -> (Request<ClientBody>, usize, bool) {
+        match parsed(wire) {
+            Parsed::Request {
+                request,
+                len,
+                keep_alive,
+            } => (request, len, keep_alive),
+            Parsed::Partial => panic!("partial: {wire:?}"),
+            Parsed::Unusual => panic!("unusual: {wire:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_get_is_served_here_and_the_rest_is_the_next_request() {
+        let head = "GET /v1/state?x=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
+        let (req, len, keep_alive) = request(&format!("{head}GET /next HTTP/1.1\r\n"));
+        assert_eq!(len, head.len());
+        assert!(keep_alive);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/v1/state?x=1");
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert_eq!(req.headers()["authorization"], "Bearer t");
+        let a: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        assert!(req.body().is_end_stream());
+    }
+
+    #[test]
+    fn a_head_not_yet_whole_is_partial() {
+        for wire in ["G", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: a\r\n"] {
+            assert!(matches!(parsed(wire), Parsed::Partial), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn anything_but_a_plain_bodiless_http_1_1_request_goes_to_hyper() {
+        for wire in [
+            "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            "POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 1\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "\u{1}GET / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(parsed(wire), Parsed::Unusual), "{wire:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let wire = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parsed(&wire), Parsed::Unusual));
+        let wire = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(LIMIT));
+        assert!(matches!(parsed(&wire), Parsed::Unusual));
+    }
+
+    #[test]
+    fn an_empty_declared_body_stays_here_and_a_repeat_is_dropped() {
+        let (req, _, _) = request(
+            "DELETE /m/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(req.method(), Method::DELETE);
+        assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
+    }
+
+    #[test]
+    fn connection_close_in_any_spelling_ends_keep_alive() {
+        for (value, kept) in [
+            ("keep-alive", true),
+            ("close", false),
+            ("Keep-Alive, CLOSE", false),
+            ("x-close", true),
+        ] {
+            let (_, _, keep_alive) = request(&format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nConnection: {value}\r\n\r\n"
+            ));
+            assert_eq!(keep_alive, kept, "{value}");
+        }
+        let (_, _, keep_alive) = request(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert!(!keep_alive);
+    }
+
+    fn head_of(
+        status: StatusCode,
+        headers: &[(&str, &str)],
+        body: &'static str,
+        head_request: bool,
+        keep_alive: bool,
+    ) -> (String, Option<(Framing, bool)>) {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let body = http_body_util::Either::Right(http_body_util::Full::new(Bytes::from(body)));
+        let mut out = Vec::new();
+        let result = encode_head(status, &map, &body, head_request, keep_alive, &mut out);
+        (String::from_utf8(out).unwrap(), result)
+    }
+
+    fn fields(head: &str) -> Vec<&str> {
+        head.split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn a_known_length_is_written_once_with_a_date() {
+        let (head, f) = head_of(StatusCode::OK, &[("x-a", "1")], "hello", false, true);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"));
+        assert_eq!(f, Some((Framing::Length(5), true)));
+        let lines = fields(&head);
+        assert_eq!(lines[..2], ["x-a: 1", "content-length: 5"]);
+        assert!(lines[2].starts_with("date: ") && lines[2].ends_with(" GMT"));
+        assert_eq!(lines.len(), 3);
+
+        let (head, f) = head_of(
+            StatusCode::NOT_FOUND,
+            &[("content-length", "2"), ("date", "d")],
+            "no",
+            false,
+            true,
+        );
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert_eq!(fields(&head), ["content-length: 2", "date: d"]);
+        assert_eq!(f, Some((Framing::Length(2), true)));
+    }
+
+    #[test]
+    fn no_body_goes_out_for_head_204_and_304() {
+        // HEAD: the length a GET would have had stays, nothing follows.
+        let (head, f) = head_of(
+            StatusCode::OK,
+            &[("content-length", "1234")],
+            "",
+            true,
+            true,
+        );
+        assert!(fields(&head).contains(&"content-length: 1234"));
+        assert_eq!(f, Some((Framing::Length(0), true)));
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            let (head, f) = head_of(
+                status,
+                &[("content-length", "7"), ("etag", "e")],
+                "",
+                false,
+                true,
+            );
+            assert!(!head.contains("content-length"), "{head}");
+            assert!(fields(&head).contains(&"etag: e"));
+            assert_eq!(f, Some((Framing::Length(0), true)));
+        }
+        // An empty 200 says so.
+        let (head, _) = head_of(StatusCode::OK, &[], "", false, true);
+        assert!(fields(&head).contains(&"content-length: 0"));
+    }
+
+    #[test]
+    fn closing_is_said_once() {
+        let (head, f) = head_of(StatusCode::OK, &[], "x", false, false);
+        assert_eq!(
+            fields(&head)
+                .iter()
+                .filter(|l| **l == "connection: close")
+                .count(),
+            1
+        );
+        assert_eq!(f, Some((Framing::Length(1), false)));
+        let (head, f) = head_of(StatusCode::OK, &[("connection", "close")], "x", false, true);
+        assert_eq!(head.matches("close").count(), 1, "{head}");
+        assert_eq!(f, Some((Framing::Length(1), false)));
+    }
+
+    #[test]
+    fn an_interim_status_is_not_sent() {
+        let (_, f) = head_of(StatusCode::CONTINUE, &[], "", false, true);
+        assert_eq!(f, None);
+    }
+
+    mod properties {
+        //! The requests served here are exactly those hyper's server would hand its service,
+        //! with the same method, target, version and fields (checked against hyper itself).
+
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What hyper's HTTP/1 server makes of `wire`: the request its service saw (method,
+        /// target, version, fields in order) and whether its answer kept the connection.
+        type Seen = (String, String, http::Version, Vec<(String, Vec<u8>)>);
+
+        fn hyper_sees(wire: &[u8]) -> Option<(Seen, bool)> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (mut client, server) = tokio::io::duplex(1 << 20);
+                let seen = Arc::new(std::sync::Mutex::new(None));
+                let record = seen.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let fields = req
+                            .headers()
+                            .iter()
+                            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                            .collect();
+                        *record.lock().unwrap() = Some((
+                            req.method().to_string(),
+                            req.uri().to_string(),
+                            req.version(),
+                            fields,
+                        ));
+                        async { Ok::<_, std::convert::Infallible>(Response::new(String::new())) }
+                    });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+                tokio::spawn(conn);
+                use tokio::io::AsyncReadExt;
+                client.write_all(wire).await.unwrap();
+                let mut answer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let read = async {
+                    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match client.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+                let seen = seen.lock().unwrap().take()?;
+                let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+                Some((seen, !text.contains("connection: close")))
+            })
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            let method = prop::sample::select(vec![
+                "GET", "HEAD", "DELETE", "OPTIONS", "POST", "PUT", "PATCH", "CONNECT", "FOO", "get",
+            ]);
+            let target = prop::sample::select(vec![
+                "/",
+                "/v1/state?x=1",
+                "*",
+                "http://h.test/x",
+                "/%zz",
+                "h.test:80",
+                "/a%20b",
+                "//x",
+                "/é",
+            ]);
+            let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"]);
+            (method, target, version).prop_map(|(m, t, v)| format!("{m} {t} {v}"))
+        }
+
+        fn field() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "Host: a",
+                "host: a",
+                "Content-Length: 0",
+                "Content-Length: 5",
+                "Content-Length:  0 ",
+                "Transfer-Encoding: chunked",
+                "Connection: close",
+                "Connection: keep-alive",
+                "Connection: Keep-Alive, Close",
+                "Expect: 100-continue",
+                "Upgrade: websocket",
+                "X-A: b",
+                "x-a: c",
+                "X-Empty:",
+                "X-Tab: a\tb",
+                "X-Obs: caf\u{e9}",
+                "Authorization: Bearer abc.def.ghi",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn what_is_served_here_is_what_hyper_would_serve(
+                line in line(),
+                fields in prop::collection::vec(field(), 0..6),
+                lf_only in any::<bool>(),
+            ) {
+                let eol = if lf_only { "\n" } else { "\r\n" };
+                let mut wire = format!("{line}{eol}");
+                for f in &fields {
+                    wire.push_str(f);
+                    wire.push_str(eol);
+                }
+                wire.push_str(eol);
+                let bytes = Bytes::from(wire.clone());
+                let Parsed::Request { request, len, keep_alive } = parse(&bytes, LIMIT) else {
+                    // Not ours: hyper gets the bytes as they came.
+                    return Ok(());
+                };
+                prop_assert_eq!(len, wire.len());
+                let Some(((method, target, version, hyper_fields), hyper_keeps)) =
+                    hyper_sees(wire.as_bytes())
+                else {
+                    return Err(TestCaseError::fail(format!("served here, refused by hyper: {wire:?}")));
+                };
+                prop_assert_eq!(request.method().as_str(), method);
+                prop_assert_eq!(request.uri().to_string(), target);
+                prop_assert_eq!(request.version(), version);
+                let ours: Vec<(String, Vec<u8>)> = request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect();
+                prop_assert_eq!(ours, hyper_fields);
+                prop_assert_eq!(keep_alive, hyper_keeps);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_the_reader(
+                wire in prop::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let _ = parse(&Bytes::from(wire), 256);
+            }
+        }
     }
 }

@@ -1350,3 +1350,81 @@ async fn a_chunked_upload_reaches_the_upstream_decoded() {
     assert_eq!(res.text(), "GET /r/then");
     c.assert_drained();
 }
+
+/// The gateway's own HTTP/1.1 reader serves bodiless requests and hands a connection to
+/// hyper at the first request it does not serve itself (a body, here), with the bytes it has
+/// already read: the requests before, the one handed over and those after (pipelined or not)
+/// are all answered, in order, on the one connection.
+#[tokio::test]
+async fn a_connection_handed_over_mid_stream_loses_nothing() {
+    let s = setup(|req: &Seen| {
+        if req.method == "POST" {
+            vec![reply(
+                "200 OK",
+                "",
+                format!("got {}", String::from_utf8_lossy(&req.body)).as_bytes(),
+            )]
+        } else {
+            echo(req)
+        }
+    })
+    .await;
+    let post = |body: &str| {
+        format!(
+            "POST /upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {}\r\n\
+             content-length: {}\r\n\r\n{body}",
+            s.token,
+            body.len()
+        )
+    };
+    let mut c = s.connect().await;
+    c.send(s.get("/r/one", "")).await;
+    assert_eq!(c.response("GET").await.text(), "GET /r/one");
+    // A GET, the POST that goes to hyper, and a GET after it, in one write.
+    c.send(format!(
+        "{}{}{}",
+        s.get("/r/two", ""),
+        post("abc"),
+        s.get("/r/three", "")
+    ))
+    .await;
+    assert_eq!(c.response("GET").await.text(), "GET /r/two");
+    let res = c.response("POST").await;
+    assert_eq!((res.status, res.text()), (200, "got abc".to_owned()));
+    assert_eq!(c.response("GET").await.text(), "GET /r/three");
+    // hyper keeps the connection from here on.
+    c.send(post("defg")).await;
+    assert_eq!(c.response("POST").await.text(), "got defg");
+    c.send(s.get("/r/four", "")).await;
+    let res = c.response("GET").await;
+    assert_eq!(res.text(), "GET /r/four");
+    res.assert_date();
+    c.assert_drained();
+    let targets: Vec<String> = s.up.seen().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        targets,
+        ["/r/one", "/r/two", "/upload", "/r/three", "/upload", "/r/four"]
+    );
+}
+
+/// A head over `max_header_bytes` goes to hyper with what was read, and hyper answers 431,
+/// whether it was the first request or followed served ones.
+#[tokio::test]
+async fn a_head_over_the_limit_is_431_after_served_requests_too() {
+    let s = setup(echo).await;
+    for served_first in [false, true] {
+        let mut c = s.connect().await;
+        if served_first {
+            c.send(s.get("/r/ok", "")).await;
+            assert_eq!(c.response("GET").await.status, 200);
+        }
+        // A normal request, then one head bigger than the default max_header_bytes, in one
+        // write: the second is read (at least in part) before the first is answered.
+        let big = format!("x-big: {}\r\n", "a".repeat(70_000));
+        c.send(format!("{}{}", s.get("/r/big", ""), s.get("/r/huge", &big)))
+            .await;
+        assert_eq!(c.response("GET").await.text(), "GET /r/big");
+        let res = c.response("GET").await;
+        assert_eq!(res.status, 431, "{res:?}");
+    }
+}
