@@ -113,24 +113,40 @@ pub(super) async fn serve(
             }
             tokio::select! {
                 biased;
-                ready = stream.readable() => ready?,
+                read = poll_fn(|cx| read_some(stream, cx, &mut buf)) => {
+                    if read? == 0 {
+                        return Ok(End::Closed);
+                    }
+                }
                 () = timeout.as_mut() => {
                     tracing::debug!(peer = %s.peer.addr, "no request head within the head timeout");
                     return Ok(End::Closed);
                 }
-                _ = drain.changed(), if buf.is_empty() => continue,
-            }
-            match read_now(stream, &mut buf).await {
-                Poll::Ready(Ok(0)) => return Ok(End::Closed),
-                Poll::Ready(Ok(_)) | Poll::Pending => {}
-                Poll::Ready(Err(e)) => return Err(e),
+                _ = drain.changed(), if buf.is_empty() => {}
             }
         };
         s.started.store(true, Ordering::Relaxed);
-        // Boxed, once per request: answering takes far more state than waiting for a head,
-        // and an idle connection should not carry room for it.
-        let answered = respond(stream, &s, request, keep_alive, &mut buf, drain);
-        if !Box::pin(answered).await? {
+        // The handler's future and the answer's are boxed, once per request each: they take
+        // far more room than waiting for a head, and an idle connection should not carry it.
+        // (Built inside `Box::pin(..)`, not moved there: a move copies the whole future.)
+        let head_request = request.method() == Method::HEAD;
+        let handled = Box::pin(pipeline::handle(
+            s.gateway.clone(),
+            request,
+            s.peer.clone(),
+            "http",
+        ));
+        if !Box::pin(respond(
+            stream,
+            &s,
+            handled,
+            head_request,
+            keep_alive,
+            &mut buf,
+            drain,
+        ))
+        .await?
+        {
             let _ = stream.shutdown().await;
             return Ok(End::Closed);
         }
@@ -142,13 +158,12 @@ pub(super) async fn serve(
 async fn respond(
     stream: &mut TcpStream,
     s: &Serve<'_>,
-    request: Request<ClientBody>,
+    handled: Pin<Box<impl Future<Output = Response<pipeline::forward::Body>>>>,
+    head_request: bool,
     keep_alive: bool,
     buf: &mut BytesMut,
     drain: &watch::Receiver<bool>,
 ) -> io::Result<bool> {
-    let head_request = request.method() == Method::HEAD;
-    let handled = pipeline::handle(s.gateway.clone(), request, s.peer.clone(), "http");
     // While it runs, a client that leaves cancels it (and what it sends is kept in `buf`).
     let Some(response) = unless_client_leaves(handled, stream, buf, s.max_header_bytes).await?
     else {
@@ -171,20 +186,23 @@ fn draining(drain: &watch::Receiver<bool>) -> bool {
     *drain.borrow() || drain.has_changed().is_err()
 }
 
-/// Reads whatever the socket has now into `buf` (making room first): `Pending` when it has
-/// nothing, `Ready(Ok(0))` at its end.
-async fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+/// Once the socket has something, reads it into `buf` (`Ok(0)` at its end). Room is made only
+/// then, so a connection waiting for its next request holds no buffer.
+fn read_some(
+    stream: &mut TcpStream,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    std::task::ready!(stream.poll_read_ready(cx))?;
     if buf.capacity() - buf.len() < READ_MIN {
         buf.reserve(READ_SIZE);
     }
-    poll_fn(|cx| {
-        Poll::Ready(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *stream),
-            cx,
-            buf,
-        ))
-    })
-    .await
+    let read = tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
+    if read.is_pending() && buf.is_empty() {
+        // Readiness went stale: give the room back while waiting again.
+        *buf = BytesMut::new();
+    }
+    read
 }
 
 /// Runs `work` to its end, unless the client closes its side first (then `None`: dropping
@@ -201,12 +219,9 @@ async fn unless_client_leaves<T>(
         tokio::select! {
             biased;
             done = work.as_mut() => return Ok(Some(done)),
-            ready = stream.readable(), if buf.len() < limit => {
-                ready?;
-                match read_now(stream, buf).await {
-                    Poll::Ready(Ok(0)) => return Ok(None),
-                    Poll::Ready(Ok(_)) | Poll::Pending => {}
-                    Poll::Ready(Err(e)) => return Err(e),
+            read = poll_fn(|cx| read_some(stream, cx, buf)), if buf.len() < limit => {
+                if read? == 0 {
+                    return Ok(None);
                 }
             }
         }
