@@ -276,7 +276,8 @@ fn parse(bytes: &Bytes, max_head: usize) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())) else {
         return Parsed::Unusual;
     };
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    // Room for what the forwarding adds (X-Forwarded-*, the identity fields) without growing.
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 10);
     let mut keep_alive = true;
     let mut sized = false;
     for field in head.headers.iter() {
