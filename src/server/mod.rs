@@ -7,7 +7,7 @@
 //!
 //! Each connection is HTTP/1.1 or HTTP/2 (by ALPN under TLS, by the client preface in clear
 //! text: h2c with prior knowledge). The main listener's clear-text HTTP/1.1 connections are read
-//! by [`h1`], the gateway's own path for bodiless requests, until a request needs hyper's
+//! by `h1`, the gateway's own path for bodiless requests, until a request needs hyper's
 //! server; everything else is hyper's from the start. At most `max_connections` are served at once; beyond that
 //! the accept loop waits for one to close, and new clients queue in the kernel's backlog.
 
