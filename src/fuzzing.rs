@@ -694,3 +694,15 @@ pub fn config(data: &[u8]) -> bool {
         }
     }
 }
+
+/// What the gateway's own HTTP/1.1 reader did with a request head (see `h1_request`).
+pub use crate::server::h1::oracle::Outcome as H1Outcome;
+
+/// Reads arbitrary bytes as the start of a client connection, as the gateway's own HTTP/1.1
+/// reader does (`src/server/h1.rs`, head limit 64 KiB). Panics if a request it would serve is
+/// not exactly the one hyper's HTTP/1 server hands its service for the same bytes (method,
+/// target, version, every field in order, keep-alive), or if hyper refuses it. Anything the
+/// reader does not serve goes to hyper on the real connection, so it needs no check here.
+pub fn h1_request(data: &[u8]) -> H1Outcome {
+    crate::server::h1::oracle::check(data, 64 * 1024)
+}

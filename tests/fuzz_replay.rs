@@ -6,7 +6,9 @@
 //! fails here: `allow-*` is verified and allowed, `verify-*` verified but refused by the
 //! route, `refuse-*` refused by `verify`, `public-*` refused by `verify` yet allowed (a public
 //! route); `normal-*` normalizes, `ambiguous-*` does not;
-//! `valid-*` / `invalid-*` configs parse or do not. Other names (whole URIs, fuzzer finds) only must not
+//! `valid-*` / `invalid-*` configs parse or do not; `served-*` request heads are served by the
+//! gateway's own HTTP/1.1 reader (and read the same by hyper), `handoff-*` go to hyper,
+//! `partial-*` are not whole yet. Other names (whole URIs, fuzzer finds) only must not
 //! panic.
 //!
 //! Regenerate the token seeds after changing the fixture:
@@ -64,6 +66,22 @@ fn path_seeds() {
         } else if name.starts_with("ambiguous-") {
             assert_eq!(normal, None, "{name} should be refused");
         }
+    }
+}
+
+#[test]
+fn h1_request_seeds() {
+    let seeds = inputs("h1_request");
+    assert!(seeds.len() >= 8, "h1_request seeds are missing");
+    for (name, data) in &seeds {
+        let outcome = fuzzing::h1_request(data);
+        let want = match name.split('-').next().unwrap() {
+            "served" => fuzzing::H1Outcome::Served,
+            "handoff" => fuzzing::H1Outcome::HandedOff,
+            "partial" => fuzzing::H1Outcome::Partial,
+            _ => continue,
+        };
+        assert_eq!(outcome, want, "{name}");
     }
 }
 

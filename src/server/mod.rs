@@ -11,7 +11,7 @@
 //! server; everything else is hyper's from the start. At most `max_connections` are served at once; beyond that
 //! the accept loop waits for one to close, and new clients queue in the kernel's backlog.
 
-mod h1;
+pub(crate) mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
