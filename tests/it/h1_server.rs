@@ -297,6 +297,19 @@ fn reply(status: &str, extra_headers: &str, body: &[u8]) -> Step {
     Step::Write(bytes)
 }
 
+/// 200 with `got <request body>` for a POST, [`echo`] otherwise.
+fn got_or_echo(req: &Seen) -> Vec<Step> {
+    if req.method == "POST" {
+        vec![reply(
+            "200 OK",
+            "",
+            format!("got {}", String::from_utf8_lossy(&req.body)).as_bytes(),
+        )]
+    } else {
+        echo(req)
+    }
+}
+
 /// 200 with the request target as its body.
 fn echo(req: &Seen) -> Vec<Step> {
     vec![reply(
@@ -1314,18 +1327,7 @@ async fn gateway_errors_keep_the_connection() {
 ///     content-length is invented), and the connection serves a GET next.
 #[tokio::test]
 async fn a_chunked_upload_reaches_the_upstream_decoded() {
-    let s = setup(|req: &Seen| {
-        if req.method == "POST" {
-            vec![reply(
-                "200 OK",
-                "",
-                format!("got {}", String::from_utf8_lossy(&req.body)).as_bytes(),
-            )]
-        } else {
-            echo(req)
-        }
-    })
-    .await;
+    let s = setup(got_or_echo).await;
     let mut c = s.connect().await;
     c.send(format!(
         "POST /upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {}\r\n\
@@ -1357,18 +1359,7 @@ async fn a_chunked_upload_reaches_the_upstream_decoded() {
 /// are all answered, in order, on the one connection.
 #[tokio::test]
 async fn a_connection_handed_over_mid_stream_loses_nothing() {
-    let s = setup(|req: &Seen| {
-        if req.method == "POST" {
-            vec![reply(
-                "200 OK",
-                "",
-                format!("got {}", String::from_utf8_lossy(&req.body)).as_bytes(),
-            )]
-        } else {
-            echo(req)
-        }
-    })
-    .await;
+    let s = setup(got_or_echo).await;
     let post = |body: &str| {
         format!(
             "POST /upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {}\r\n\
