@@ -748,7 +748,10 @@ pub(crate) mod oracle {
                     len > 0 && len <= wire.len().min(max_head),
                     "head length {len}"
                 );
-                let Some((theirs, kept)) = hyper_reads(wire) else {
+                // The head alone: what follows it is the next request (read ahead, hyper may
+                // already refuse it and close after this answer; served here, it would be
+                // handed to hyper, which answers it and closes then).
+                let Some((theirs, kept)) = hyper_reads(&wire[..len]) else {
                     panic!("served here but refused by hyper: {wire:?}");
                 };
                 assert_eq!(
