@@ -270,12 +270,14 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// A client's request body: hyper's, or none at all (a bodiless request that the gateway's
-/// own HTTP/1.1 reader parsed; see `server::h1`).
+/// A client's request body: hyper's, or — for a request the gateway's own HTTP/1.1 reader
+/// parsed (`server::h1`) — none, or a small one read whole with the head.
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(Incoming),
     Empty,
+    /// A small body read whole with its head (taken by the first poll).
+    Full(Option<Bytes>),
 }
 
 impl From<Incoming> for ClientBody {
@@ -295,6 +297,9 @@ impl hyper::body::Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(body) => std::pin::Pin::new(body).poll_frame(cx),
             ClientBody::Empty => std::task::Poll::Ready(None),
+            ClientBody::Full(data) => {
+                std::task::Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
         }
     }
 
@@ -302,6 +307,7 @@ impl hyper::body::Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::Empty => true,
+            ClientBody::Full(data) => data.is_none(),
         }
     }
 
@@ -309,6 +315,9 @@ impl hyper::body::Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -1,22 +1,25 @@
 //! The gateway's own HTTP/1.1 reader and writer for clear-text client connections, for the
-//! request almost every API call is: HTTP/1.1, no body, no upgrade, no expectation.
+//! requests almost every API call makes: HTTP/1.1, no upgrade, no expectation, and no body or a
+//! small one (`Content-Length`, up to 64 KiB) that arrived whole with its head.
 //!
 //! It parses the head with `httparse` (the parser hyper uses) into a request whose header
-//! values are slices of the bytes read, runs [`pipeline::handle`] in the connection's own
-//! task, and writes the response straight to the socket: no dispatcher, no channel, and no
+//! values and body are slices of the bytes read, runs [`pipeline::handle`] in the connection's
+//! own task, and writes the response straight to the socket: no dispatcher, no channel, and no
 //! buffer held while the connection is idle.
 //!
-//! Anything else — a body, `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, a head `httparse` or
-//! `http` refuses, a head over the size limit — hands the connection, with every byte read so
-//! far, to hyper's HTTP/1 server for the rest of its life ([`End::HandOff`]). So every unusual
-//! or malformed request is still judged by hyper, exactly as before; this module only ever
-//! serves requests that hyper would have accepted, and answers them as hyper would:
+//! Anything else — a chunked or larger body, one not all there once the head is (after one
+//! more read), `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, a head `httparse` or `http` refuses, a
+//! head over the size limit — hands the connection, with every byte read so far, to hyper's
+//! HTTP/1 server for the rest of its life ([`End::HandOff`]). So every unusual or malformed
+//! request is still judged by hyper, exactly as before; this module only ever serves requests
+//! that hyper would have accepted (the `h1_request` fuzz target and a property test check it
+//! against hyper's own server), and answers them as hyper would:
 //!
 //! - framing by RFC 9112 §6: no body for HEAD, 1xx, 204 and 304; `content-length` when the
 //!   body's size is known, `transfer-encoding: chunked` otherwise;
 //! - a `date` header, `connection: close` when the connection will close (the client asked,
 //!   or the listener is draining);
-//! - keep-alive with pipelining: bytes after one head are the next request;
+//! - keep-alive with pipelining: bytes after one request are the next one;
 //! - the head timeout counted from the end of the previous response (from the accept for the
 //!   first request), and a client that closes while its request is in flight cancels it;
 //! - trailers are not written: the only responses with a body of unknown length come from
@@ -46,6 +49,9 @@ use crate::pipeline::{self, ClientBody, Peer};
 /// hyper's limit on a request's header fields; more is answered 431 (by hyper, after the
 /// hand-off).
 const MAX_HEADERS: usize = 100;
+/// The largest request body read here, when it has come whole with its head; larger ones, and
+/// any that is not all there once the head is, stream through hyper.
+const BODY_MAX: usize = 64 * 1024;
 /// hyper's limit on a request target; longer is answered 414 (by hyper).
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// A read takes at least this much room, and asks for this much when it needs more.
@@ -87,6 +93,8 @@ pub(super) async fn serve(
     let mut timeout = pin!(tokio::time::sleep_until(s.first_deadline));
     loop {
         // 1. A whole head: parsed from what is buffered, else read until it is.
+        // Set once a whole head's body was found not all read: one more read is tried at once.
+        let mut body_wait = false;
         let (request, keep_alive) = loop {
             if !buf.is_empty() {
                 let bytes = std::mem::take(&mut buf).freeze();
@@ -106,7 +114,23 @@ pub(super) async fn serve(
                     Parsed::Partial if bytes.len() < s.max_header_bytes => {
                         buf = BytesMut::from(bytes);
                     }
-                    Parsed::Partial | Parsed::Unusual => return Ok(End::HandOff(bytes)),
+                    Parsed::Body { whole } if !body_wait => {
+                        // Often the rest came in the same burst but past the read's room:
+                        // read what is there now, without waiting, and look again.
+                        body_wait = true;
+                        buf = BytesMut::from(bytes);
+                        buf.reserve(whole - buf.len());
+                        let read = poll_fn(|cx| Poll::Ready(read_some(stream, cx, &mut buf)));
+                        if let Poll::Ready(read) = read.await {
+                            if read? == 0 {
+                                return Ok(End::Closed);
+                            }
+                        }
+                        continue;
+                    }
+                    Parsed::Partial | Parsed::Body { .. } | Parsed::Unusual => {
+                        return Ok(End::HandOff(bytes))
+                    }
                 }
             } else if draining(drain) {
                 return Ok(End::Closed);
@@ -233,12 +257,14 @@ async fn unless_client_leaves<T>(
 pub(crate) enum Parsed {
     Request {
         request: Request<ClientBody>,
-        /// The head's length in bytes; anything after it is the next request.
+        /// The length of the head and body in bytes; anything after it is the next request.
         len: usize,
         keep_alive: bool,
     },
     /// Not a whole head yet.
     Partial,
+    /// A whole head, but its (small) body is not all here: the request takes `whole` bytes.
+    Body { whole: usize },
     /// For hyper to serve: not a plain bodiless HTTP/1.1 request, or not one that parses.
     Unusual,
 }
@@ -248,7 +274,7 @@ pub(crate) enum Parsed {
 pub(crate) fn parse(bytes: &Bytes, max_head: usize) -> Parsed {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+    let mut len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut head,
         bytes,
         &mut fields,
@@ -279,22 +305,21 @@ pub(crate) fn parse(bytes: &Bytes, max_head: usize) -> Parsed {
     // Room for what the forwarding adds (X-Forwarded-*, the identity fields) without growing.
     let mut headers = HeaderMap::with_capacity(head.headers.len() + 10);
     let mut keep_alive = true;
-    let mut sized = false;
+    let mut length: Option<u64> = None;
     for field in head.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parsed::Unusual;
         };
         match name {
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Unusual,
-            header::CONTENT_LENGTH => {
-                // Only an explicit empty body; a repeat (equal) is dropped, as hyper does.
-                if field.value != b"0" {
-                    return Parsed::Unusual;
-                }
-                if std::mem::replace(&mut sized, true) {
-                    continue;
-                }
-            }
+            header::CONTENT_LENGTH => match (length, parse_length(field.value)) {
+                (_, None) => return Parsed::Unusual,
+                (None, n) => length = n,
+                // A repeat of the same length is dropped, as hyper does; another is hyper's
+                // to refuse.
+                (Some(first), Some(n)) if first == n => continue,
+                (Some(_), Some(_)) => return Parsed::Unusual,
+            },
             header::CONNECTION if has_token(field.value, b"close") => keep_alive = false,
             _ => {}
         }
@@ -303,7 +328,21 @@ pub(crate) fn parse(bytes: &Bytes, max_head: usize) -> Parsed {
         };
         headers.append(name, value);
     }
-    let mut request = Request::new(ClientBody::Empty);
+    // A body is taken only whole, and small: a larger or unfinished one streams through hyper.
+    let body = match length {
+        None | Some(0) => ClientBody::Empty,
+        Some(n) if n > BODY_MAX as u64 => return Parsed::Unusual,
+        Some(n) => {
+            let end = len + n as usize;
+            if bytes.len() < end {
+                return Parsed::Body { whole: end };
+            }
+            let body = bytes.slice(len..end);
+            len = end;
+            ClientBody::Full(Some(body))
+        }
+    };
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -662,7 +701,8 @@ pub(crate) mod oracle {
 
     use super::*;
 
-    /// What [`parse`] did with an input (when hyper agreed).
+    /// What [`parse`] did with an input (when hyper agreed). A head whose body is not all
+    /// there counts as handed off: [`serve`] tries one more read, then hands it over.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Outcome {
         Served,
@@ -670,10 +710,16 @@ pub(crate) mod oracle {
         HandedOff,
     }
 
-    /// A request as a service sees it: method, target, version and fields, in order.
-    type Seen = (String, String, http::Version, Vec<(String, Vec<u8>)>);
+    /// A request as a service sees it: method, target, version, fields in order, and body.
+    type Seen = (
+        String,
+        String,
+        http::Version,
+        Vec<(String, Vec<u8>)>,
+        Vec<u8>,
+    );
 
-    fn seen<B>(request: &Request<B>) -> Seen {
+    fn seen<B>(request: &Request<B>, body: Vec<u8>) -> Seen {
         let fields = request
             .headers()
             .iter()
@@ -684,6 +730,7 @@ pub(crate) mod oracle {
             request.uri().to_string(),
             request.version(),
             fields,
+            body,
         )
     }
 
@@ -705,11 +752,20 @@ pub(crate) mod oracle {
                 let record = first.clone();
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        record
-                            .lock()
-                            .expect("not poisoned")
-                            .get_or_insert_with(|| seen(&req));
-                        async { Ok::<_, std::convert::Infallible>(Response::new(String::new())) }
+                        let record = record.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = http_body_util::BodyExt::collect(body)
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let req = Request::from_parts(parts, ());
+                            record
+                                .lock()
+                                .expect("not poisoned")
+                                .get_or_insert_with(|| seen(&req, body));
+                            Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+                        }
                     });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(server), service);
@@ -738,24 +794,25 @@ pub(crate) mod oracle {
     pub fn check(wire: &[u8], max_head: usize) -> Outcome {
         match parse(&Bytes::copy_from_slice(wire), max_head) {
             Parsed::Partial => Outcome::Partial,
-            Parsed::Unusual => Outcome::HandedOff,
+            Parsed::Unusual | Parsed::Body { .. } => Outcome::HandedOff,
             Parsed::Request {
                 request,
                 len,
                 keep_alive,
             } => {
-                assert!(
-                    len > 0 && len <= wire.len().min(max_head),
-                    "head length {len}"
-                );
-                // The head alone: what follows it is the next request (read ahead, hyper may
+                assert!(len > 0 && len <= wire.len(), "request length {len}");
+                // The request alone: what follows it is the next one (read ahead, hyper may
                 // already refuse it and close after this answer; served here, it would be
                 // handed to hyper, which answers it and closes then).
                 let Some((theirs, kept)) = hyper_reads(&wire[..len]) else {
                     panic!("served here but refused by hyper: {wire:?}");
                 };
+                let body = match request.body() {
+                    ClientBody::Full(Some(body)) => body.to_vec(),
+                    _ => Vec::new(),
+                };
                 assert_eq!(
-                    seen(&request),
+                    seen(&request, body),
                     theirs,
                     "a different request than hyper's: {wire:?}"
                 );
@@ -787,6 +844,7 @@ mod tests {
                 keep_alive,
             } => (request, len, keep_alive),
             Parsed::Partial => panic!("partial: {wire:?}"),
+            Parsed::Body { .. } => panic!("waiting for the body: {wire:?}"),
             Parsed::Unusual => panic!("unusual: {wire:?}"),
         }
     }
@@ -814,12 +872,13 @@ mod tests {
     }
 
     #[test]
-    fn anything_but_a_plain_bodiless_http_1_1_request_goes_to_hyper() {
+    fn unusual_requests_go_to_hyper() {
         for wire in [
-            "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
             "POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +0\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
@@ -837,6 +896,34 @@ mod tests {
         assert!(matches!(parsed(&wire), Parsed::Unusual));
         let wire = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(LIMIT));
         assert!(matches!(parsed(&wire), Parsed::Unusual));
+        // A body larger than what is read here streams through hyper, even when all there.
+        let big = "b".repeat(BODY_MAX + 1);
+        let wire = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        );
+        assert!(matches!(parsed(&wire), Parsed::Unusual));
+    }
+
+    #[test]
+    fn a_small_body_that_came_whole_is_read_here() {
+        let head = "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        let (req, len, _) = request(&format!("{head}helloGET /next HTTP/1.1\r\n"));
+        assert_eq!(len, head.len() + 5);
+        assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
+        match req.body() {
+            ClientBody::Full(Some(body)) => assert_eq!(&body[..], b"hello"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(req.body().size_hint().exact(), Some(5));
+        // Not all there yet: the whole request's length, for one more read.
+        match parsed(&format!("{head}hel")) {
+            Parsed::Body { whole } => assert_eq!(whole, head.len() + 5),
+            _ => panic!("not waiting for the body"),
+        }
+        // `00` is a zero length, as hyper reads it.
+        let (req, _, _) = request("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n");
+        assert!(req.body().is_end_stream());
     }
 
     #[test]
@@ -1025,6 +1112,7 @@ mod tests {
                 line in line(),
                 fields in prop::collection::vec(field(), 0..6),
                 lf_only in any::<bool>(),
+                body in prop::sample::select(vec!["", "hello", "hel", "hello world"]),
             ) {
                 let eol = if lf_only { "\n" } else { "\r\n" };
                 let mut wire = format!("{line}{eol}");
@@ -1033,6 +1121,7 @@ mod tests {
                     wire.push_str(eol);
                 }
                 wire.push_str(eol);
+                wire.push_str(body);
                 // Panics (failing the case) if what is served here differs from hyper's reading.
                 let _ = oracle::check(wire.as_bytes(), LIMIT);
             }

@@ -1353,10 +1353,11 @@ async fn a_chunked_upload_reaches_the_upstream_decoded() {
     c.assert_drained();
 }
 
-/// The gateway's own HTTP/1.1 reader serves bodiless requests and hands a connection to
-/// hyper at the first request it does not serve itself (a body, here), with the bytes it has
-/// already read: the requests before, the one handed over and those after (pipelined or not)
-/// are all answered, in order, on the one connection.
+/// The gateway's own HTTP/1.1 reader serves bodiless requests and small bodies that came
+/// whole, and hands a connection to hyper at the first request it does not serve itself (a
+/// chunked body, here), with the bytes it has already read: the requests before, the one
+/// handed over and those after (pipelined or not) are all answered, in order, on the one
+/// connection.
 #[tokio::test]
 async fn a_connection_handed_over_mid_stream_loses_nothing() {
     let s = setup(got_or_echo).await;
@@ -1368,14 +1369,25 @@ async fn a_connection_handed_over_mid_stream_loses_nothing() {
             body.len()
         )
     };
+    let chunked_post = |body: &str| {
+        format!(
+            "POST /upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {}\r\n\
+             transfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            s.token,
+            body.len()
+        )
+    };
     let mut c = s.connect().await;
     c.send(s.get("/r/one", "")).await;
     assert_eq!(c.response("GET").await.text(), "GET /r/one");
+    // A small body that comes whole is read here; the connection stays here.
+    c.send(post("xy")).await;
+    assert_eq!(c.response("POST").await.text(), "got xy");
     // A GET, the POST that goes to hyper, and a GET after it, in one write.
     c.send(format!(
         "{}{}{}",
         s.get("/r/two", ""),
-        post("abc"),
+        chunked_post("abc"),
         s.get("/r/three", "")
     ))
     .await;
@@ -1383,7 +1395,7 @@ async fn a_connection_handed_over_mid_stream_loses_nothing() {
     let res = c.response("POST").await;
     assert_eq!((res.status, res.text()), (200, "got abc".to_owned()));
     assert_eq!(c.response("GET").await.text(), "GET /r/three");
-    // hyper keeps the connection from here on.
+    // hyper keeps the connection from here on, whatever the requests.
     c.send(post("defg")).await;
     assert_eq!(c.response("POST").await.text(), "got defg");
     c.send(s.get("/r/four", "")).await;
@@ -1394,7 +1406,7 @@ async fn a_connection_handed_over_mid_stream_loses_nothing() {
     let targets: Vec<String> = s.up.seen().iter().map(|r| r.target.clone()).collect();
     assert_eq!(
         targets,
-        ["/r/one", "/r/two", "/upload", "/r/three", "/upload", "/r/four"]
+        ["/r/one", "/upload", "/r/two", "/upload", "/r/three", "/upload", "/r/four"]
     );
 }
 
@@ -1418,4 +1430,39 @@ async fn a_head_over_the_limit_is_431_after_served_requests_too() {
         let res = c.response("GET").await;
         assert_eq!(res.status, 431, "{res:?}");
     }
+}
+
+/// A small body whose bytes come in several writes (so it is not all there when its head is)
+/// goes through hyper, and arrives whole; one that comes with its head is read by the gateway
+/// itself; either way the upstream gets exactly the body, with its length.
+#[tokio::test]
+async fn a_small_body_arrives_whole_however_it_is_written() {
+    let s = setup(got_or_echo).await;
+    let head = |len: usize| {
+        format!(
+            "POST /upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {}\r\n\
+             content-length: {len}\r\n\r\n",
+            s.token
+        )
+    };
+    let body = "x".repeat(20_000);
+    // With its head, in one write (more than one read's worth of bytes).
+    let mut c = s.connect().await;
+    c.send(format!("{}{body}", head(body.len()))).await;
+    let res = c.response("POST").await;
+    assert_eq!(res.text(), format!("got {body}"));
+    // In pieces, some time apart.
+    c.send(format!("{}{}", head(11), "hello")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(" world").await;
+    let res = c.response("POST").await;
+    assert_eq!(res.text(), "got hello world");
+    c.send(s.get("/r/after", "")).await;
+    assert_eq!(c.response("GET").await.text(), "GET /r/after");
+    c.assert_drained();
+    let seen = s.up.seen();
+    assert_eq!(seen[0].body.len(), body.len());
+    assert_eq!(seen[0].header("content-length"), ["20000"]);
+    assert_eq!(seen[1].body, b"hello world");
+    assert_eq!(seen[1].header("content-length"), ["11"]);
 }
