@@ -353,11 +353,15 @@ pub(crate) fn parse(bytes: &Bytes, max_head: usize) -> Parsed {
     }
 }
 
-/// Does a comma-separated field value hold `token` (ASCII case-insensitive)?
+/// Does a comma-separated field value hold `token` (ASCII case-insensitive)? As hyper reads
+/// `Connection`, a value with bytes outside visible ASCII holds no token at all.
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        && value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How the response body goes on the wire.
@@ -942,6 +946,8 @@ mod tests {
             ("close", false),
             ("Keep-Alive, CLOSE", false),
             ("x-close", true),
+            // Not visible ASCII: hyper reads no token in it.
+            ("caf\u{e9}, close", true),
         ] {
             let (_, _, keep_alive) = request(&format!(
                 "GET / HTTP/1.1\r\nHost: a\r\nConnection: {value}\r\n\r\n"
