@@ -467,6 +467,14 @@ impl Client {
         }
     }
 
+    /// `GET path` with the token, answered 200 by the [`echo`] upstream with `GET path`.
+    async fn get_echoed(&mut self, s: &Setup, path: &str) {
+        self.send(s.get(path, "")).await;
+        let res = self.response("GET").await;
+        assert_eq!(res.status, 200, "{res:?}");
+        assert_eq!(res.text(), format!("GET {path}"));
+    }
+
     async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.sock.write_all(bytes.as_ref()).await.expect("write");
     }
@@ -794,8 +802,7 @@ async fn pipelined_requests_are_answered_in_order() {
     c.assert_drained();
     assert_eq!(s.up.count(), 3);
     // And the connection is still usable.
-    c.send(s.get("/r/pipe/after", "")).await;
-    assert_eq!(c.response("GET").await.text(), "GET /r/pipe/after");
+    c.get_echoed(&s, "/r/pipe/after").await;
 }
 
 /// 5. HEAD: the upstream's content-length, no body bytes, and the connection carries on.
@@ -824,10 +831,7 @@ async fn head_has_the_upstreams_length_and_no_body() {
     // starts exactly where the HEAD response ended.
     assert!(c.quiet_for(Duration::from_millis(300)).await);
     c.assert_drained();
-    c.send(s.get("/r/after-head", "")).await;
-    let res = c.response("GET").await;
-    assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(res.text(), "GET /r/after-head");
+    c.get_echoed(&s, "/r/after-head").await;
     c.assert_drained();
 }
 
@@ -863,10 +867,7 @@ async fn no_content_and_not_modified_have_no_body() {
         }
         assert!(c.quiet_for(Duration::from_millis(200)).await);
         c.assert_drained();
-        c.send(s.get("/r/next", "")).await;
-        let res = c.response("GET").await;
-        assert_eq!(res.status, 200, "{res:?}");
-        assert_eq!(res.text(), "GET /r/next");
+        c.get_echoed(&s, "/r/next").await;
         c.assert_drained();
     }
 }
@@ -933,8 +934,7 @@ async fn response_framing_follows_the_upstream_body() {
     assert_eq!(res.text(), "until the end");
     res.assert_chunked();
     // The client's connection outlives the upstream's.
-    c.send(s.get("/r/after-eof", "")).await;
-    assert_eq!(c.response("GET").await.text(), "GET /r/after-eof");
+    c.get_echoed(&s, "/r/after-eof").await;
     c.assert_drained();
 
     // To an HTTP/1.0 client, bodies of unknown length are close-delimited.
@@ -998,8 +998,7 @@ async fn a_large_response_streams_intact() {
         } else {
             res.assert_length_framed();
         }
-        c.send(s.get("/r/after", "")).await;
-        assert_eq!(c.response("GET").await.text(), "GET /r/after");
+        c.get_echoed(&s, "/r/after").await;
         c.assert_drained();
     }
 }
@@ -1040,8 +1039,7 @@ async fn a_client_leaving_cancels_the_upstream_request() {
     );
     // The gateway is fine afterwards.
     let mut c = s.connect().await;
-    c.send(s.get("/r/after", "")).await;
-    assert_eq!(c.response("GET").await.text(), "GET /r/after");
+    c.get_echoed(&s, "/r/after").await;
 }
 
 /// 10. An idle keep-alive connection is closed once `header_read_timeout` (1 s here) passes
@@ -1315,10 +1313,7 @@ async fn gateway_errors_keep_the_connection() {
     assert_eq!(res.status, 401, "{res:?}");
     res.assert_length_framed();
 
-    c.send(s.get("/r/fine", "")).await;
-    let res = c.response("GET").await;
-    assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(res.text(), "GET /r/fine");
+    c.get_echoed(&s, "/r/fine").await;
     c.assert_drained();
     assert_eq!(s.up.count(), 1, "refused requests went upstream");
 }
@@ -1346,10 +1341,7 @@ async fn a_chunked_upload_reaches_the_upstream_decoded() {
     assert_eq!(seen[0].header("transfer-encoding"), ["chunked"]);
     assert!(seen[0].header("content-length").is_empty());
 
-    c.send(s.get("/r/then", "")).await;
-    let res = c.response("GET").await;
-    assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(res.text(), "GET /r/then");
+    c.get_echoed(&s, "/r/then").await;
     c.assert_drained();
 }
 
@@ -1378,8 +1370,7 @@ async fn a_connection_handed_over_mid_stream_loses_nothing() {
         )
     };
     let mut c = s.connect().await;
-    c.send(s.get("/r/one", "")).await;
-    assert_eq!(c.response("GET").await.text(), "GET /r/one");
+    c.get_echoed(&s, "/r/one").await;
     // A small body that comes whole is read here; the connection stays here.
     c.send(post("xy")).await;
     assert_eq!(c.response("POST").await.text(), "got xy");
@@ -1457,8 +1448,7 @@ async fn a_small_body_arrives_whole_however_it_is_written() {
     c.send(" world").await;
     let res = c.response("POST").await;
     assert_eq!(res.text(), "got hello world");
-    c.send(s.get("/r/after", "")).await;
-    assert_eq!(c.response("GET").await.text(), "GET /r/after");
+    c.get_echoed(&s, "/r/after").await;
     c.assert_drained();
     let seen = s.up.seen();
     assert_eq!(seen[0].body.len(), body.len());
