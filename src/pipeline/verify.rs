@@ -655,11 +655,7 @@ fn fast_header(text: &str) -> Option<Header<'_>> {
     p.eat(b'{')?;
     p.ws();
     loop {
-        p.eat(b'"')?;
-        let key = p.plain_str()?;
-        p.ws();
-        p.eat(b':')?;
-        p.ws();
+        let key = p.member_name()?;
         p.eat(b'"')?;
         let len = p.plain_str()?.len();
         // Between two quotes, so on character boundaries.
@@ -761,11 +757,7 @@ fn fast_claims(payload: &[u8]) -> Option<Claims> {
     } else {
         let mut seen = 0u8;
         loop {
-            p.eat(b'"')?;
-            let key = p.plain_str()?;
-            p.ws();
-            p.eat(b':')?;
-            p.ws();
+            let key = p.member_name()?;
             let value = p.value()?;
             let bit = match key {
                 b"act" => 1,
@@ -891,6 +883,17 @@ impl<'a> Scan<'a> {
 
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.next()? == c).then_some(())
+    }
+
+    /// An object member's name (a plain string) and the `:` after it, with the whitespace
+    /// around; `None` if it is anything else.
+    fn member_name(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let name = self.plain_str()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(name)
     }
 
     /// After an object member: `Some(false)` at a `,` (and the whitespace after it),
