@@ -80,6 +80,8 @@ pub struct AuthSettings {
     pub leeway_seconds: u64,
     pub require_exp: bool,
     pub max_token_bytes: usize,
+    /// Verified tokens each worker thread remembers (0: none); see `pipeline::token_cache`.
+    pub token_cache_entries: usize,
     pub catalog: Catalog,
 }
 

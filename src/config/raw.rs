@@ -18,6 +18,7 @@ pub const DEFAULT_POLL_INTERVAL_MS: u64 = 250;
 pub const DEFAULT_AUDIENCE: &str = "https://api.statebacked.dev/";
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 1024;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_SECONDS: u64 = 90;
@@ -187,6 +188,8 @@ pub struct RawAuth {
     /// Refuse tokens without `exp`. Turning this off lets a leaked token live forever.
     pub require_exp: bool,
     pub max_token_bytes: Spanned<usize>,
+    /// Verified tokens each worker thread remembers; 0 verifies every request in full.
+    pub token_cache_entries: Spanned<usize>,
     /// Scope names this deployment adds to State Backed's catalogue.
     pub extra_scopes: Vec<Spanned<String>>,
 }
@@ -198,6 +201,7 @@ impl Default for RawAuth {
             leeway_seconds: Spanned::new(0..0, DEFAULT_LEEWAY_SECONDS),
             require_exp: true,
             max_token_bytes: Spanned::new(0..0, DEFAULT_MAX_TOKEN_BYTES),
+            token_cache_entries: Spanned::new(0..0, DEFAULT_TOKEN_CACHE_ENTRIES),
             extra_scopes: Vec::new(),
         }
     }

@@ -46,6 +46,8 @@ const HEADERS_THE_GATEWAY_NEEDS: &[&str] = &[
 
 /// Clock skew beyond a day is a misconfiguration, not skew.
 const MAX_LEEWAY_SECONDS: u64 = 86_400;
+/// At 4 KiB a token (the most a cache keeps), 64 MiB per worker.
+const MAX_TOKEN_CACHE_ENTRIES: usize = 16_384;
 
 /// Collects problems so one `check` run reports all of them.
 struct Problems<'t> {
@@ -156,6 +158,13 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             raw.auth.max_token_bytes.span(),
             "auth.max_token_bytes",
             "must be at least 64",
+        );
+    }
+    if *raw.auth.token_cache_entries.get_ref() > MAX_TOKEN_CACHE_ENTRIES {
+        p.at(
+            raw.auth.token_cache_entries.span(),
+            "auth.token_cache_entries",
+            format!("must be at most {MAX_TOKEN_CACHE_ENTRIES}"),
         );
     }
     let keys_dir = base.join(raw.keys.dir.get_ref());
@@ -486,6 +495,7 @@ pub fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Confi
             leeway_seconds: raw.auth.leeway_seconds.into_inner(),
             require_exp: raw.auth.require_exp,
             max_token_bytes: raw.auth.max_token_bytes.into_inner(),
+            token_cache_entries: raw.auth.token_cache_entries.into_inner(),
             catalog,
         },
         keys_api: KeysApiSettings {

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::trace::Trace;
-use super::verify::Verified;
+use super::verify::{Claims, Verified};
 use crate::config::Route;
 use crate::error::GatewayError;
 use crate::keys::Key;
@@ -39,8 +39,8 @@ impl Permit {
 #[derive(Debug)]
 pub struct Identity {
     pub key: Arc<Key>,
-    /// The key's scopes narrowed by the token's `scope` claim, when it had one.
-    pub narrowed: Option<ScopeSet>,
+    /// What the token grants, whatever the request.
+    pub grant: Arc<Grant>,
     /// Effective scopes, space-separated.
     pub scopes: HeaderValue,
     pub sub: Option<HeaderValue>,
@@ -51,12 +51,56 @@ pub struct Identity {
 impl Identity {
     /// The scopes this request may use.
     pub fn effective(&self) -> &ScopeSet {
-        self.narrowed.as_ref().unwrap_or(&self.key.scopes)
+        self.grant.effective()
     }
 
     /// `sub` as forwarded (percent-encoded), for audit lines.
     pub fn sub_text(&self) -> Option<&str> {
         self.sub.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What a verified token grants on any request: its key, its scopes and the identity headers
+/// its own claims make. Worked out once per token; a worker's token cache
+/// ([`super::token_cache`]) keeps it for the token's next requests, which still check the
+/// clock and the config ([`super::verify::Verifier::check_claims`]) and, here, the route,
+/// the organization and the impersonation header — everything that depends on the request.
+#[derive(Debug)]
+pub struct Grant {
+    pub key: Arc<Key>,
+    /// The claims, `act` taken out (it is in `sub` and `act_claims`).
+    pub claims: Claims,
+    /// The key's scopes narrowed by the token's `scope` claim, when it had one.
+    narrowed: Option<ScopeSet>,
+    /// `effective()` as a header value.
+    scopes: HeaderValue,
+    /// From the token's `act`.
+    sub: Option<HeaderValue>,
+    act_claims: Option<HeaderValue>,
+}
+
+impl Grant {
+    pub fn new(verified: Verified) -> Self {
+        let Verified { key, mut claims } = verified;
+        let narrowed = claims.scope.as_ref().map(|s| key.scopes.intersect(s));
+        let scopes = match &narrowed {
+            None => key.scopes_header.clone(),
+            Some(set) => HeaderValue::from_str(&set.joined()).expect("scope names are header-safe"),
+        };
+        let act = claims.act.take();
+        Grant {
+            sub: act.as_ref().and_then(sub_header),
+            act_claims: act.as_ref().map(claims_header),
+            key,
+            claims,
+            narrowed,
+            scopes,
+        }
+    }
+
+    /// The scopes this token may use.
+    pub fn effective(&self) -> &ScopeSet {
+        self.narrowed.as_ref().unwrap_or(&self.key.scopes)
     }
 }
 
@@ -67,18 +111,24 @@ pub fn authorize(
     verified: Verified,
     headers: &HeaderMap,
 ) -> Result<Permit, GatewayError> {
-    authorize_traced(route, org_param, verified, headers, &mut ())
+    authorize_traced(
+        route,
+        org_param,
+        Arc::new(Grant::new(verified)),
+        headers,
+        &mut (),
+    )
 }
 
-/// [`authorize`], reporting each check to `trace`.
+/// [`authorize`] for a token's [`Grant`], reporting each check to `trace`.
 pub fn authorize_traced(
     route: &Route,
     org_param: Option<&str>,
-    verified: Verified,
+    grant: Arc<Grant>,
     headers: &HeaderMap,
     trace: &mut impl Trace,
 ) -> Result<Permit, GatewayError> {
-    let key = verified.key;
+    let key = &grant.key;
     // The organization is the key's, never the client's: any client-sent claim to another
     // organization is refused rather than ignored, so mistakes surface.
     if let Some(org) = org_param.filter(|org| *org != &*key.org) {
@@ -97,13 +147,8 @@ pub fn authorize_traced(
     }
     trace.step("organization", || format!("{} (the key's)", key.org));
 
-    let narrowed = verified
-        .claims
-        .scope
-        .as_ref()
-        .map(|s| key.scopes.intersect(s));
-    let effective: &ScopeSet = narrowed.as_ref().unwrap_or(&key.scopes);
-    trace.step("effective", || match &verified.claims.scope {
+    let effective = grant.effective();
+    trace.step("effective", || match &grant.claims.scope {
         None => format!(
             "{} (the key's; the token has no scope claim)",
             effective.joined()
@@ -129,38 +174,33 @@ pub fn authorize_traced(
         });
     }
 
-    let mut act = verified.claims.act;
     let mut act_headers = headers.get_all(ACT_HEADER).iter();
-    if let Some(value) = act_headers.next() {
-        // Only a key that could mint itself a key may speak for an end user: it could sign
-        // such a token anyway.
-        if !effective.contains(ORG_KEYS_WRITE) {
-            trace.step("act", || {
-                format!("{ACT_HEADER} needs {ORG_KEYS_WRITE}: refused")
-            });
-            return Err(GatewayError::ImpersonationDenied);
+    let (sub, claims) = match act_headers.next() {
+        None => (grant.sub.clone(), grant.act_claims.clone()),
+        Some(value) => {
+            // Only a key that could mint itself a key may speak for an end user: it could
+            // sign such a token anyway.
+            if !effective.contains(ORG_KEYS_WRITE) {
+                trace.step("act", || {
+                    format!("{ACT_HEADER} needs {ORG_KEYS_WRITE}: refused")
+                });
+                return Err(GatewayError::ImpersonationDenied);
+            }
+            trace.step("act", || format!("acting for an end user ({ACT_HEADER})"));
+            if act_headers.next().is_some() || value.len() > MAX_ACT_HEADER_BYTES {
+                return Err(GatewayError::BadActHeader);
+            }
+            match serde_json::from_slice::<Value>(value.as_bytes()) {
+                Ok(Value::Object(act)) => (sub_header(&act), Some(claims_header(&act))),
+                _ => return Err(GatewayError::BadActHeader),
+            }
         }
-        trace.step("act", || format!("acting for an end user ({ACT_HEADER})"));
-        if act_headers.next().is_some() || value.len() > MAX_ACT_HEADER_BYTES {
-            return Err(GatewayError::BadActHeader);
-        }
-        match serde_json::from_slice::<Value>(value.as_bytes()) {
-            Ok(Value::Object(map)) => act = Some(map),
-            _ => return Err(GatewayError::BadActHeader),
-        }
-    }
-
-    let scopes = match &narrowed {
-        None => key.scopes_header.clone(),
-        Some(set) => HeaderValue::from_str(&set.joined()).expect("scope names are header-safe"),
     };
-    let sub = act.as_ref().and_then(sub_header);
-    let claims = act.as_ref().map(claims_header);
     Ok(Permit {
         identity: Some(Identity {
-            key,
-            narrowed,
-            scopes,
+            key: key.clone(),
+            scopes: grant.scopes.clone(),
+            grant,
             sub,
             claims,
         }),

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod path;
 pub mod pool;
 pub mod token;
+pub mod token_cache;
 pub mod trace;
 pub mod tunnel;
 pub mod verify;
@@ -30,8 +31,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::{Frame, Incoming, SizeHint};
 
-pub use authorize::Permit;
+pub use authorize::{Grant, Permit};
 use forward::{Body, ClientSide};
+use token_cache::TokenCache;
 use trace::Trace;
 
 use crate::config::{Builtin, Lookup, Route, Target};
@@ -77,14 +79,46 @@ pub fn decide<'a>(
 }
 
 /// [`decide`], reporting every step to `trace` (`scopegate explain`).
-pub fn decide_traced<'a>(
+pub fn decide_traced<'a, T: Trace>(
     snapshot: &'a Snapshot,
     keys: &KeySet,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     now: u64,
-    trace: &mut impl Trace,
+    trace: &mut T,
+) -> Outcome<'a> {
+    let verify = |token: &str, trace: &mut T| {
+        let verified = snapshot.verifier.verify_traced(keys, token, now, trace)?;
+        Ok(Arc::new(Grant::new(verified)))
+    };
+    decide_with(snapshot, method, uri, headers, trace, verify)
+}
+
+/// [`decide`] as `serve` runs it: a token this worker verified before, against the same
+/// snapshots, is taken from its `cache` (which still checks the clock; see [`token_cache`]).
+/// Every step after verification runs as for any token.
+pub fn decide_cached<'a>(
+    snapshot: &'a Arc<Snapshot>,
+    keys: &Arc<KeySet>,
+    cache: &mut TokenCache,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    now: u64,
+) -> Outcome<'a> {
+    let grant = |token: &str, _: &mut ()| cache.grant(snapshot, keys, token, now);
+    decide_with(snapshot, method, uri, headers, &mut (), grant)
+}
+
+/// Steps 1–5, a bearer token's [`Grant`] coming from `grant`.
+fn decide_with<'a, T: Trace>(
+    snapshot: &'a Snapshot,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    trace: &mut T,
+    grant: impl FnOnce(&str, &mut T) -> Result<Arc<Grant>, GatewayError>,
 ) -> Outcome<'a> {
     let config = &snapshot.config;
     let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -188,10 +222,8 @@ pub fn decide_traced<'a>(
                 };
                 format!("from {from}, {} bytes", found.token.len())
             });
-            let verified = snapshot
-                .verifier
-                .verify_traced(keys, &found.token, now, trace)?;
-            authorize::authorize_traced(route, matched.org, verified, headers, trace)?
+            let grant = grant(&found.token, trace)?;
+            authorize::authorize_traced(route, matched.org, grant, headers, trace)?
         };
         if let Some(limit) = route.max_body_bytes {
             let declared = headers
@@ -346,6 +378,11 @@ pub fn now_seconds() -> u64 {
         .unwrap_or(0)
 }
 
+thread_local! {
+    /// This worker thread's verified tokens.
+    static TOKENS: std::cell::RefCell<TokenCache> = std::cell::RefCell::default();
+}
+
 /// Serves one request end to end.
 pub async fn handle(
     gateway: Arc<Gateway>,
@@ -359,14 +396,17 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let method = method_label(&parts.method);
     let outcome = match check_host(&parts).and_then(|()| check_transfer_coding(&parts.headers)) {
-        Ok(()) => decide(
-            &snapshot,
-            &keys,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            now_seconds(),
-        ),
+        Ok(()) => TOKENS.with_borrow_mut(|cache| {
+            decide_cached(
+                &snapshot,
+                &keys,
+                cache,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                now_seconds(),
+            )
+        }),
         Err(e) => Outcome {
             route: None,
             result: Err(e),

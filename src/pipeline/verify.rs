@@ -476,19 +476,7 @@ impl Verifier {
                 return Err(refuse(trace, TokenFault::BadClaim, || e.to_string()))
             }
         };
-        self.check_times_and_audience(&claims, now, trace)?;
-        if let Some(iat) = &claims.iat {
-            let Some(iat) = iat.as_f64() else {
-                return Err(refuse(trace, TokenFault::BadClaim, || {
-                    "iat is not a number".to_owned()
-                }));
-            };
-            if iat > (now + self.leeway) as f64 {
-                return Err(refuse(trace, TokenFault::IssuedInFuture, || {
-                    "iat is in the future beyond the leeway".to_owned()
-                }));
-            }
-        }
+        self.check_claims(&claims, now, trace)?;
         trace.step("verify", || {
             let show = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), Value::to_string);
             format!(
@@ -504,6 +492,31 @@ impl Verifier {
             key: key.clone(),
             claims,
         })
+    }
+
+    /// The checks of a signed token's claims that depend on the clock and the config: `aud`,
+    /// `exp`, `nbf` ([`Self::check_times_and_audience`]) and `iat`. A worker's token cache
+    /// runs them again on every request a remembered token makes.
+    pub fn check_claims(
+        &self,
+        claims: &Claims,
+        now: u64,
+        trace: &mut impl Trace,
+    ) -> Result<(), GatewayError> {
+        self.check_times_and_audience(claims, now, trace)?;
+        if let Some(iat) = &claims.iat {
+            let Some(iat) = iat.as_f64() else {
+                return Err(refuse(trace, TokenFault::BadClaim, || {
+                    "iat is not a number".to_owned()
+                }));
+            };
+            if iat > (now + self.leeway) as f64 {
+                return Err(refuse(trace, TokenFault::IssuedInFuture, || {
+                    "iat is in the future beyond the leeway".to_owned()
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// RFC 7519 §4.1.3–4.1.5 with the configured leeway: `aud` (required; a string or an
@@ -1305,6 +1318,7 @@ mod tests {
                 leeway_seconds: 0,
                 require_exp: false,
                 max_token_bytes: 8192,
+                token_cache_entries: 0,
                 catalog: Default::default(),
             });
             for aud in auds
