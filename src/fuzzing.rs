@@ -94,8 +94,8 @@ pub const AUDIENCE: &str = "https://api.statebacked.dev/";
 const EXAMPLE_CONFIG: &str = include_str!("../config/statebacked.toml");
 
 struct Fixture {
-    snapshot: Snapshot,
-    keys: KeySet,
+    snapshot: Arc<Snapshot>,
+    keys: Arc<KeySet>,
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
@@ -120,8 +120,10 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let (keys, clashes) = KeySet::build(&orgs);
     assert!(clashes.is_empty());
     Fixture {
-        snapshot: Snapshot::build(Arc::new(config), None).expect("the fuzz config builds"),
-        keys,
+        snapshot: Arc::new(
+            Snapshot::build(Arc::new(config), None).expect("the fuzz config builds"),
+        ),
+        keys: Arc::new(keys),
     }
 });
 
@@ -353,6 +355,23 @@ fn present(
     };
     let method: Method = method.parse().expect("fixture method");
     let outcome = pipeline::decide(&fx.snapshot, &fx.keys, &method, &uri, &headers, now);
+    // `serve`'s path through the worker's token cache (kept across runs, so it fills with
+    // earlier inputs' tokens) decides exactly the same, on a miss and on the hit after it.
+    thread_local! {
+        static TOKENS: std::cell::RefCell<pipeline::token_cache::TokenCache> =
+            std::cell::RefCell::default();
+    }
+    for _ in 0..2 {
+        let cached = TOKENS.with_borrow_mut(|cache| {
+            let (snap, keys) = (&fx.snapshot, &fx.keys);
+            pipeline::decide_cached(snap, keys, cache, &method, &uri, &headers, now)
+        });
+        assert_eq!(
+            format!("{:?}", cached.result),
+            format!("{:?}", outcome.result),
+            "the token cache decided otherwise"
+        );
+    }
     let route = outcome
         .route
         .expect("every fixture request matches a route");

@@ -517,9 +517,21 @@ mod tests {
     const SECRET: &str = "sbsec_0123456789abcdef0123456789abcdef0123456";
 
     fn setup() -> (Snapshot, KeySet) {
+        setup_with("")
+    }
+
+    /// With `auth` as the config's `[auth]` section.
+    pub(super) fn setup_with(auth: &str) -> (Snapshot, KeySet) {
         let config = crate::config::parse(
             Path::new("/etc/scopegate/scopegate.toml"),
-            r#"
+            &format!("[auth]\n{auth}\n{ROUTES}"),
+        )
+        .unwrap();
+        let (keys, _) = KeySet::build([&org_a(&config)]);
+        (Snapshot::build(Arc::new(config), None).unwrap(), keys)
+    }
+
+    const ROUTES: &str = r#"
             [upstreams.up]
             url = "http://127.0.0.1:9/base"
             [[routes]]
@@ -533,22 +545,26 @@ mod tests {
             scopes = ["state.read"]
             upstream = "up"
             token_query_param = "token"
-            "#,
-        )
-        .unwrap();
-        let org = parse_org_file(
+            [[routes]]
+            methods = ["GET"]
+            path = "/orgs/{org}/admin"
+            scopes = ["state.read"]
+            upstream = "up"
+            org_param = "org"
+            "#;
+
+    pub(super) fn org_a(config: &crate::config::Config) -> crate::keys::OrgKeys {
+        parse_org_file(
             Path::new("/k/org_a.toml"),
             &format!(
                 "[org]\nid = \"org_a\"\nname = \"A\"\ncreated_at = \"x\"\n[[keys]]\nid = \"sbk_a\"\nname = \"k\"\nsecret = \"{SECRET}\"\nscopes = [\"machines.read\", \"state.read\"]\ncreated_at = \"x\"\n"
             ),
             &config.auth.catalog,
         )
-        .unwrap();
-        let (keys, _) = KeySet::build([&org]);
-        (Snapshot::build(Arc::new(config), None).unwrap(), keys)
+        .unwrap()
     }
 
-    fn token(claims: Value) -> String {
+    pub(super) fn token(claims: Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some("sbk_a".into());
         jsonwebtoken::encode(
@@ -559,12 +575,12 @@ mod tests {
         .unwrap()
     }
 
-    fn claims() -> Value {
+    pub(super) fn claims() -> Value {
         let now = now_seconds();
         json!({"act": {"sub": "u"}, "aud": "https://api.statebacked.dev/", "iat": now, "exp": now + 60})
     }
 
-    fn bearer(t: &str) -> HeaderMap {
+    pub(super) fn bearer(t: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(
             http::header::AUTHORIZATION,
@@ -660,5 +676,221 @@ mod tests {
             out.result.unwrap_err(),
             GatewayError::InvalidToken(crate::error::TokenFault::IssuedInFuture)
         );
+    }
+}
+
+#[cfg(test)]
+mod cached_tests {
+    //! `decide_cached`: a remembered token is refused or narrowed exactly as a fresh one.
+    //! Every test first makes the cache remember the token, then checks the next decision.
+
+    use std::sync::Arc;
+
+    use http::{HeaderValue, Method};
+    use serde_json::json;
+
+    use super::tests::{bearer, claims, org_a, setup_with, token};
+    use super::*;
+    use crate::error::TokenFault;
+
+    struct Fixture {
+        snap: Arc<Snapshot>,
+        keys: Arc<KeySet>,
+        cache: TokenCache,
+    }
+
+    impl Fixture {
+        fn new(auth: &str) -> Self {
+            let (snap, keys) = setup_with(auth);
+            Fixture {
+                snap: Arc::new(snap),
+                keys: Arc::new(keys),
+                cache: TokenCache::default(),
+            }
+        }
+
+        fn decide(
+            &mut self,
+            path: &str,
+            headers: &HeaderMap,
+            now: u64,
+        ) -> Result<Permit, GatewayError> {
+            let uri: Uri = path.parse().unwrap();
+            let (snap, keys) = (&self.snap, &self.keys);
+            decide_cached(
+                snap,
+                keys,
+                &mut self.cache,
+                &Method::GET,
+                &uri,
+                headers,
+                now,
+            )
+            .result
+            .map(|d| d.permit)
+        }
+
+        fn grant(&mut self, path: &str, token: &str) -> Arc<Grant> {
+            let permit = self.decide(path, &bearer(token), now_seconds()).unwrap();
+            permit.identity.unwrap().grant
+        }
+    }
+
+    #[test]
+    fn a_hit_is_the_grant_verified_before_and_another_token_is_not() {
+        let mut fx = Fixture::new("");
+        let t = token(claims());
+        let first = fx.grant("/machines/m1", &t);
+        assert_eq!(fx.cache.len(), 1);
+        assert!(Arc::ptr_eq(&first, &fx.grant("/rt", &t)));
+        let mut other = claims();
+        other["jti"] = json!("another");
+        let second = fx.grant("/machines/m1", &token(other));
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(fx.cache.len(), 2);
+    }
+
+    #[test]
+    fn a_remembered_token_still_needs_each_routes_scopes() {
+        let mut fx = Fixture::new("");
+        let mut c = claims();
+        c["scope"] = json!("state.read");
+        let t = token(c);
+        fx.grant("/rt", &t);
+        assert_eq!(
+            fx.decide("/machines/m1", &bearer(&t), now_seconds())
+                .unwrap_err(),
+            GatewayError::MissingScope {
+                missing: "machines.read".into()
+            }
+        );
+        assert_eq!(
+            fx.cache.len(),
+            1,
+            "a refusal by scope does not forget the token"
+        );
+    }
+
+    #[test]
+    fn a_remembered_token_still_needs_its_organization_and_may_not_impersonate() {
+        let mut fx = Fixture::new("");
+        let t = token(claims());
+        fx.grant("/orgs/org_a/admin", &t);
+        let now = now_seconds();
+        assert_eq!(
+            fx.decide("/orgs/org_b/admin", &bearer(&t), now)
+                .unwrap_err(),
+            GatewayError::WrongOrg
+        );
+        let mut headers = bearer(&t);
+        headers.insert(authorize::ORG_HEADER, HeaderValue::from_static("org_b"));
+        assert_eq!(
+            fx.decide("/rt", &headers, now).unwrap_err(),
+            GatewayError::WrongOrg
+        );
+        let mut headers = bearer(&t);
+        headers.insert(
+            authorize::ACT_HEADER,
+            HeaderValue::from_static(r#"{"sub":"x"}"#),
+        );
+        assert_eq!(
+            fx.decide("/rt", &headers, now).unwrap_err(),
+            GatewayError::ImpersonationDenied
+        );
+    }
+
+    #[test]
+    fn a_remembered_token_expires_on_time_and_is_forgotten() {
+        let mut fx = Fixture::new("leeway_seconds = 5");
+        let t = token(claims()); // exp = now + 60
+        fx.grant("/rt", &t);
+        let later = now_seconds() + 60 + 5 + 2;
+        assert_eq!(
+            fx.decide("/rt", &bearer(&t), later).unwrap_err(),
+            GatewayError::InvalidToken(TokenFault::Expired)
+        );
+        assert_eq!(fx.cache.len(), 0);
+        // And the clock is asked on every hit, before too: iat in the future.
+        fx.grant("/rt", &t);
+        assert_eq!(
+            fx.decide("/rt", &bearer(&t), now_seconds() - 3600)
+                .unwrap_err(),
+            GatewayError::InvalidToken(TokenFault::IssuedInFuture)
+        );
+    }
+
+    #[test]
+    fn a_new_key_set_forgets_every_token() {
+        let mut fx = Fixture::new("");
+        let t = token(claims());
+        let first = fx.grant("/rt", &t);
+        // The key is revoked: the very next request is refused.
+        fx.keys = Arc::new(KeySet::default());
+        assert_eq!(
+            fx.decide("/rt", &bearer(&t), now_seconds()).unwrap_err(),
+            GatewayError::InvalidToken(TokenFault::UnknownKey)
+        );
+        assert_eq!(fx.cache.len(), 0);
+        // Reloaded with the key again: verified anew, not the old grant.
+        let (keys, _) = KeySet::build([&org_a(&fx.snap.config)]);
+        fx.keys = Arc::new(keys);
+        assert!(!Arc::ptr_eq(&first, &fx.grant("/rt", &t)));
+    }
+
+    #[test]
+    fn a_new_config_forgets_every_token() {
+        let mut fx = Fixture::new("");
+        let t = token(claims());
+        fx.grant("/rt", &t);
+        let (snap, _) = setup_with(r#"audiences = ["https://elsewhere.example/"]"#);
+        fx.snap = Arc::new(snap);
+        assert_eq!(
+            fx.decide("/rt", &bearer(&t), now_seconds()).unwrap_err(),
+            GatewayError::InvalidToken(TokenFault::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn refused_tokens_are_not_remembered() {
+        let mut fx = Fixture::new("");
+        let t = token(claims());
+        // Another signature: one character in its middle changed.
+        let at = t.len() - 10;
+        let other = if &t[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{other}{}", &t[..at], &t[at + 1..]);
+        for _ in 0..2 {
+            assert_eq!(
+                fx.decide("/rt", &bearer(&forged), now_seconds())
+                    .unwrap_err(),
+                GatewayError::InvalidToken(TokenFault::BadSignature)
+            );
+        }
+        assert_eq!(fx.cache.len(), 0);
+        // A remembered token does not vouch for one that differs in its last byte.
+        fx.grant("/rt", &t);
+        assert!(fx.decide("/rt", &bearer(&forged), now_seconds()).is_err());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_the_tokens_in_use() {
+        let mut fx = Fixture::new("token_cache_entries = 8");
+        let busy = token(claims());
+        let first = fx.grant("/rt", &busy);
+        for i in 0..100 {
+            let mut c = claims();
+            c["jti"] = json!(i);
+            fx.grant("/rt", &token(c));
+            assert!(fx.cache.len() <= 8, "{} entries", fx.cache.len());
+            assert!(Arc::ptr_eq(&first, &fx.grant("/rt", &busy)));
+        }
+    }
+
+    #[test]
+    fn no_entries_means_no_cache() {
+        let mut fx = Fixture::new("token_cache_entries = 0");
+        let t = token(claims());
+        let first = fx.grant("/rt", &t);
+        assert!(!Arc::ptr_eq(&first, &fx.grant("/rt", &t)));
+        assert_eq!(fx.cache.len(), 0);
     }
 }
