@@ -74,6 +74,7 @@ fn minimal_valid_config_takes_the_documented_defaults() {
     assert!(config.admin.is_none());
     assert_eq!(config.auth.audiences, ["https://api.statebacked.dev/"]);
     assert!(config.auth.require_exp);
+    assert_eq!(config.auth.token_cache_entries, 1024);
     assert_eq!(config.keys.dir, PathBuf::from("/etc/scopegate/keys"));
     assert_eq!(config.upstreams.len(), 1);
     assert_eq!(config.upstreams[0].authority.as_str(), "127.0.0.1:3000");
@@ -567,6 +568,15 @@ fn empty_audience_string_is_refused() {
         format!("[auth]\naudiences = [\"https://api.statebacked.dev/\", \"\"]\n\n{UPSTREAM}");
     let err = invalid(&text);
     assert_problem(&err, 2, "auth.audiences", "empty");
+}
+
+#[test]
+fn the_token_cache_is_bounded_and_may_be_off() {
+    let text = format!("[auth]\ntoken_cache_entries = 16385\n\n{UPSTREAM}");
+    let err = invalid(&text);
+    assert_problem(&err, 2, "auth.token_cache_entries", "at most 16384");
+    let text = format!("[auth]\ntoken_cache_entries = 0\n\n{UPSTREAM}");
+    assert_eq!(valid(&text).auth.token_cache_entries, 0);
 }
 
 #[test]
