@@ -11,7 +11,8 @@
 //! - `headers/rewrite`: `prepare_headers` on the header set the State Backed JS client sends
 //!   through Node's fetch (the clone of the header map is setup, not timed).
 //! - `decide/allow` (normalize → route → token → verify → authorize → upstream URL, Authorization
-//!   header only), `decide/allow+headers` (the same on the JS client's full header set, then the
+//!   header only), `decide/allow-cached` (the same through a worker's token cache that has seen
+//!   the token: what `serve` does for a client's second request on), `decide/allow+headers` (the same on the JS client's full header set, then the
 //!   header rewrite: everything in-process before the upstream request is sent) and
 //!   `decide/refuse-bad-signature` (the 401 path: decide, then the error response).
 //!
@@ -31,8 +32,9 @@ use scopegate::gateway::Snapshot;
 use scopegate::keys::store::parse_org_file;
 use scopegate::keys::KeySet;
 use scopegate::pipeline::forward::{prepare_headers, ClientSide};
+use scopegate::pipeline::token_cache::TokenCache;
 use scopegate::pipeline::verify::Claims;
-use scopegate::pipeline::{decide, now_seconds};
+use scopegate::pipeline::{decide, decide_cached, now_seconds};
 use serde_json::json;
 
 const SECRET: &str = "sbsec_0123456789abcdef0123456789abcdef0123456";
@@ -268,6 +270,27 @@ fn whole_decision(c: &mut Criterion) {
             decide(
                 &snap,
                 &keys,
+                &Method::POST,
+                std::hint::black_box(&uri),
+                &headers,
+                now,
+            )
+            .result
+            .unwrap()
+        })
+    });
+
+    // What `serve` runs: the same request, the token remembered by the worker's cache after
+    // the first iteration (the clock, audience, scopes and org are still checked each time).
+    let (cached_snap, cached_keys) = setup("HS256");
+    let (snap_arc, keys_arc) = (Arc::new(cached_snap), Arc::new(cached_keys));
+    let mut cache = TokenCache::default();
+    group.bench_function("allow-cached", |b| {
+        b.iter(|| {
+            decide_cached(
+                &snap_arc,
+                &keys_arc,
+                &mut cache,
                 &Method::POST,
                 std::hint::black_box(&uri),
                 &headers,
