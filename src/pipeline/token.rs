@@ -31,9 +31,12 @@ pub fn find<'a>(
     let from_header = match header {
         None => None,
         Some(value) => {
-            let value = value
-                .to_str()
-                .map_err(|_| GatewayError::InvalidToken(TokenFault::Malformed))?;
+            // What `HeaderValue::to_str` accepts (a header value holds no control bytes but
+            // tab, so: ASCII), checked a word at a time rather than a byte at a time.
+            let value = Some(value.as_bytes())
+                .filter(|b| b.is_ascii())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or(GatewayError::InvalidToken(TokenFault::Malformed))?;
             // Another scheme (Basic, …) carries no bearer token.
             bearer(value)
         }
@@ -73,6 +76,32 @@ mod tests {
             h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_value_to_str_refuses_is_malformed_and_only_that() {
+        for byte in 0..=255u8 {
+            let Ok(value) =
+                HeaderValue::from_bytes(&[b"Bearer a".as_slice(), &[byte], b"c"].concat())
+            else {
+                continue;
+            };
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, value.clone());
+            let malformed =
+                find(&h, Ok(None)) == Err(GatewayError::InvalidToken(TokenFault::Malformed));
+            assert_eq!(malformed, value.to_str().is_err(), "byte {byte:#04x}");
+        }
+        // UTF-8 that is not ASCII: `to_str` refuses it too.
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes("Bearer aéc".as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            find(&h, Ok(None)),
+            Err(GatewayError::InvalidToken(TokenFault::Malformed))
+        );
     }
 
     #[test]
