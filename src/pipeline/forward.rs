@@ -45,6 +45,19 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 const HOP_BY_HOP_EXTRA: &[&str] = &["keep-alive", "proxy-connection", "http2-settings"];
+/// [`HOP_BY_HOP`] and [`HOP_BY_HOP_EXTRA`] as text, for names read off the wire in any case.
+const HOP_BY_HOP_TEXT: &[&str] = &[
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
+];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -533,20 +546,26 @@ impl<'a> ConnectionListed<'a> {
     /// Does `Connection` list a field that is not hop-by-hop anyway? Not for the usual
     /// `keep-alive`: every field it could name goes as hop-by-hop whatever it lists.
     fn names_others(&self) -> bool {
-        self.values.iter().any(|value| {
-            value.as_bytes().split(|&b| b == b',').any(|token| {
-                let token = token.trim_ascii();
-                // An empty token names no field; `keep-alive`, the usual one, is tried first.
-                !token.is_empty()
-                    && !token.eq_ignore_ascii_case(b"keep-alive")
-                    && !HOP_BY_HOP
-                        .iter()
-                        .map(HeaderName::as_str)
-                        .chain(HOP_BY_HOP_EXTRA.iter().copied())
-                        .any(|hop| token.eq_ignore_ascii_case(hop.as_bytes()))
-            })
-        })
+        self.values
+            .iter()
+            .any(|value| names_others(value.as_bytes()))
     }
+}
+
+/// Is `name`, in any case, a hop-by-hop field's? For names not made [`HeaderName`]s.
+pub(super) fn is_hop_by_hop_text(name: &[u8]) -> bool {
+    HOP_BY_HOP_TEXT
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+}
+
+/// Does this `Connection` value list a field that is not hop-by-hop anyway?
+pub(super) fn names_others(connection: &[u8]) -> bool {
+    connection.split(|&b| b == b',').any(|token| {
+        let token = token.trim_ascii();
+        // An empty token names no field.
+        !token.is_empty() && !is_hop_by_hop_text(token)
+    })
 }
 
 /// Removes hop-by-hop fields and those named by `Connection`.
@@ -662,6 +681,7 @@ pub async fn forward(
             }
             super::tunnel::splice(gateway, client_upgrade, upstream_upgrade);
         }
+        _ if response.body().hop_by_hop_removed() => {}
         _ => strip_hop_by_hop(response.headers_mut()),
     }
     Ok(response)
@@ -726,6 +746,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_hop_by_hop_lists_agree() {
+        let names: Vec<&str> = HOP_BY_HOP
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(HOP_BY_HOP_EXTRA.iter().copied())
+            .collect();
+        assert_eq!(names, HOP_BY_HOP_TEXT);
+        for name in &names {
+            assert!(is_hop_by_hop_text(name.to_ascii_uppercase().as_bytes()));
+        }
+        assert!(!is_hop_by_hop_text(b"x-kept"));
+        assert!(!names_others(b" Keep-Alive, ,TE"));
+        assert!(names_others(b"keep-alive, close"));
+        assert!(names_others(b"x-secret"));
     }
 
     /// The fields left keep the order they would have with the names removed one by one in
