@@ -45,6 +45,19 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 const HOP_BY_HOP_EXTRA: &[&str] = &["keep-alive", "proxy-connection", "http2-settings"];
+/// [`HOP_BY_HOP`] and [`HOP_BY_HOP_EXTRA`] as text, for names read off the wire in any case.
+const HOP_BY_HOP_TEXT: &[&str] = &[
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
+];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -496,6 +509,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.iter().any(|h| h == name) || HOP_BY_HOP_EXTRA.contains(&name.as_str())
 }
 
+/// Where `name` is in [`HOP_BY_HOP`], then [`HOP_BY_HOP_EXTRA`] (numbered on from the first);
+/// `None` when it is not hop-by-hop.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| h == name).or_else(|| {
+        HOP_BY_HOP_EXTRA
+            .iter()
+            .position(|h| *h == name.as_str())
+            .map(|i| HOP_BY_HOP.len() + i)
+    })
+}
+
 /// The field names the `Connection` header lists (RFC 9110 §7.6.1), read in place: usually
 /// just `keep-alive` or `close`, so nothing is allocated to check a name against them.
 struct ConnectionListed<'a> {
@@ -518,11 +542,57 @@ impl<'a> ConnectionListed<'a> {
                 .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
         })
     }
+
+    /// Does `Connection` list a field that is not hop-by-hop anyway? Not for the usual
+    /// `keep-alive`: every field it could name goes as hop-by-hop whatever it lists.
+    fn names_others(&self) -> bool {
+        self.values
+            .iter()
+            .any(|value| names_others(value.as_bytes()))
+    }
+}
+
+/// Is `name`, in any case, a hop-by-hop field's? For names not made [`HeaderName`]s.
+pub(super) fn is_hop_by_hop_text(name: &[u8]) -> bool {
+    HOP_BY_HOP_TEXT
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+}
+
+/// Does this `Connection` value list a field that is not hop-by-hop anyway?
+pub(super) fn names_others(connection: &[u8]) -> bool {
+    connection.split(|&b| b == b',').any(|token| {
+        let token = token.trim_ascii();
+        // An empty token names no field.
+        !token.is_empty() && !is_hop_by_hop_text(token)
+    })
 }
 
 /// Removes hop-by-hop fields and those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed = ConnectionListed::of(headers);
+    if !listed.names_others() {
+        // The common case (`Connection: keep-alive`, or none): only fixed names go, so they
+        // are noted by their place in the lists instead of cloned into a vector, and nothing
+        // is checked against `Connection`. Removed in the order of the keys, as below: a
+        // removal moves the last field into the gap, so the order decides the order the
+        // client gets the rest in.
+        let mut doomed = [0u8; HOP_BY_HOP.len() + HOP_BY_HOP_EXTRA.len()];
+        let mut count = 0;
+        for name in headers.keys() {
+            if let Some(index) = hop_by_hop_index(name) {
+                doomed[count] = index as u8;
+                count += 1;
+            }
+        }
+        for &index in &doomed[..count] {
+            match HOP_BY_HOP.get(usize::from(index)) {
+                Some(name) => headers.remove(name),
+                None => headers.remove(HOP_BY_HOP_EXTRA[usize::from(index) - HOP_BY_HOP.len()]),
+            };
+        }
+        return;
+    }
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| is_hop_by_hop(name) || listed.contains(name))
@@ -611,6 +681,7 @@ pub async fn forward(
             }
             super::tunnel::splice(gateway, client_upgrade, upstream_upgrade);
         }
+        _ if response.body().hop_by_hop_removed() => {}
         _ => strip_hop_by_hop(response.headers_mut()),
     }
     Ok(response)
@@ -675,5 +746,59 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_hop_by_hop_lists_agree() {
+        let names: Vec<&str> = HOP_BY_HOP
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(HOP_BY_HOP_EXTRA.iter().copied())
+            .collect();
+        assert_eq!(names, HOP_BY_HOP_TEXT);
+        for name in &names {
+            assert!(is_hop_by_hop_text(name.to_ascii_uppercase().as_bytes()));
+        }
+        assert!(!is_hop_by_hop_text(b"x-kept"));
+        assert!(!names_others(b" Keep-Alive, ,TE"));
+        assert!(names_others(b"keep-alive, close"));
+        assert!(names_others(b"x-secret"));
+    }
+
+    /// The fields left keep the order they would have with the names removed one by one in
+    /// the order of the keys (a removal moves the last field into the gap).
+    #[test]
+    fn stripping_keeps_the_order_of_removal_by_key() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("te", "trailers"),
+            ("connection", "Keep-Alive, "),
+            ("x-c", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-d", "2"),
+            ("upgrade", "h2c"),
+            ("x-e", "3"),
+            ("x-f", "4"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        let mut expected = h.clone();
+        let listed = ConnectionListed::of(&h);
+        let doomed: Vec<HeaderName> = h
+            .keys()
+            .filter(|name| is_hop_by_hop(name) || listed.contains(name))
+            .cloned()
+            .collect();
+        for name in doomed {
+            expected.remove(name);
+        }
+        strip_hop_by_hop(&mut h);
+        let fields = |m: &HeaderMap| {
+            m.iter()
+                .map(|(n, v)| format!("{n}: {v:?}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(&h), fields(&expected));
+        assert_eq!(h.len(), 4);
     }
 }

@@ -351,6 +351,13 @@ struct Received {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The hop-by-hop fields were left out of `headers` as they were read; otherwise they are
+    /// removed once the framing is settled.
+    hop_by_hop_left_out: bool,
+    /// The version and `Connection` let the connection be kept.
+    keep_alive: bool,
+    /// `Transfer-Encoding` came, and its last coding is (or is not) `chunked`.
+    transfer_encoding: Option<bool>,
     rest: Bytes,
     /// The upload was cut short by an early answer: the connection cannot be reused.
     interrupted: bool,
@@ -610,22 +617,76 @@ fn parse_head(mut bytes: Bytes) -> Result<Head, Failed> {
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        for field in response.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| Failed::fatal(PoolError::Protocol("invalid header name")))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
-                .map_err(|_| Failed::fatal(PoolError::Protocol("invalid header value")))?;
-            headers.append(name, value);
-        }
+        let fields = &*response.headers;
+        let named = |name: &'static str| {
+            fields
+                .iter()
+                .filter(move |field| field.name.eq_ignore_ascii_case(name))
+                .map(|field| field.value)
+        };
+        let transfer_encoding = named("transfer-encoding")
+            .next()
+            .is_some()
+            .then(|| ends_chunked(named("transfer-encoding")));
+        // Hop-by-hop fields need not be put in the map to be removed from it, unless
+        // `Connection` names others, or a `Content-Length` beside `Transfer-Encoding` is
+        // removed first (either takes the fields' order into account: see `header_map`).
+        let remove_after = named("connection").any(super::forward::names_others)
+            || (transfer_encoding.is_some() && named("content-length").next().is_some());
+        let (headers, hop_by_hop_left_out) = match (!remove_after)
+            .then(|| header_map(&bytes, fields, true))
+            .transpose()?
+            .flatten()
+        {
+            Some(headers) => (headers, true),
+            None => (
+                header_map(&bytes, fields, false)?.expect("every field is kept"),
+                false,
+            ),
+        };
         return Ok(Head::Complete(Received {
             status,
             version,
             headers,
+            hop_by_hop_left_out,
+            keep_alive: keeps_alive(version, named("connection")),
+            transfer_encoding,
             rest: bytes.slice(length..),
             interrupted: false,
         }));
     }
+}
+
+/// The header fields of a response head (slices of `bytes`) as a map. With `leave_out`, without
+/// the hop-by-hop ones (and every field is still checked as it would be for the map, in the
+/// same order, so a malformed head fails the same way); `None` when leaving them out would
+/// put the rest in another order than removing them from the map would (a removal moves the
+/// last field into the gap): a field of a new name came after one left out.
+fn header_map(
+    bytes: &Bytes,
+    fields: &[httparse::Header<'_>],
+    leave_out: bool,
+) -> Result<Option<HeaderMap>, Failed> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut left_out = false;
+    let value = |field: &httparse::Header<'_>| {
+        HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
+            .map_err(|_| Failed::fatal(PoolError::Protocol("invalid header value")))
+    };
+    for field in fields {
+        // A hop-by-hop name is a valid one: only the value is left to check.
+        if leave_out && super::forward::is_hop_by_hop_text(field.name.as_bytes()) {
+            value(field)?;
+            left_out = true;
+            continue;
+        }
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Failed::fatal(PoolError::Protocol("invalid header name")))?;
+        if !headers.append(name, value(field)?) && left_out {
+            return Ok(None);
+        }
+    }
+    Ok(Some(headers))
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -653,44 +714,35 @@ enum Chunked {
 }
 
 impl Received {
-    /// The response, its body reading the rest from `stream`.
-    fn into_response(
-        self,
-        stream: TcpStream,
-        head_request: bool,
-        pool: &Arc<Inner>,
-    ) -> Result<Response<UpstreamBody>, PoolError> {
-        let Received {
-            status,
-            version,
-            mut headers,
-            rest,
-            interrupted,
-        } = self;
+    /// How the body is delimited and whether the connection may be reused afterwards; leaves
+    /// `headers` as the client gets them, without hop-by-hop fields.
+    fn settle(&mut self, head_request: bool) -> Result<(Delimited, bool), PoolError> {
+        let status = self.status;
+        let headers = &mut self.headers;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             // Only an upgrade request (which does not come here) may be switched.
             return Err(PoolError::Protocol(
                 "101 to a request that asked no upgrade",
             ));
         }
-        let mut reusable = !interrupted && keeps_alive(version, &headers);
+        let mut reusable = !self.interrupted && self.keep_alive;
         let no_body =
             head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let delimited = if no_body {
             Delimited::Done
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if let Some(chunked) = self.transfer_encoding {
             // Transfer-Encoding overrides Content-Length, and the pair is a sign of a
             // desynchronised peer: never reuse that connection.
             if headers.remove(header::CONTENT_LENGTH).is_some() {
                 reusable = false;
             }
-            if version == Version::HTTP_11 && ends_chunked(&headers) {
+            if self.version == Version::HTTP_11 && chunked {
                 Delimited::Chunked(Chunked::Size)
             } else {
                 Delimited::Close
             }
         } else {
-            match content_length(&headers) {
+            match content_length(headers) {
                 Ok(Some(0)) => Delimited::Done,
                 Ok(Some(n)) => Delimited::Length(n),
                 Ok(None) => Delimited::Close,
@@ -700,6 +752,27 @@ impl Received {
         if matches!(delimited, Delimited::Close) {
             reusable = false;
         }
+        if !self.hop_by_hop_left_out {
+            super::forward::strip_hop_by_hop(headers);
+        }
+        Ok((delimited, reusable))
+    }
+
+    /// The response, its body reading the rest from `stream`.
+    fn into_response(
+        mut self,
+        stream: TcpStream,
+        head_request: bool,
+        pool: &Arc<Inner>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        let (delimited, reusable) = self.settle(head_request)?;
+        let Received {
+            status,
+            version,
+            headers,
+            rest,
+            ..
+        } = self;
         let mut response = Response::new(UpstreamBody {
             kind: Kind::Own(OwnBody {
                 stream: Some(stream),
@@ -723,11 +796,12 @@ impl Received {
 }
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; 1.0 only with `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+/// `connection`: the values of the `Connection` fields.
+fn keeps_alive<'a>(version: Version, connection: impl Iterator<Item = &'a [u8]>) -> bool {
     let mut close = false;
     let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
+    for value in connection {
+        for token in value.split(|&b| b == b',') {
             let token = token.trim_ascii();
             close |= token.eq_ignore_ascii_case(b"close");
             keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -736,13 +810,12 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     !close && (version == Version::HTTP_11 || keep_alive)
 }
 
-/// The last transfer coding is `chunked`.
-fn ends_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+/// The last transfer coding is `chunked`. `transfer_encoding`: the values of the
+/// `Transfer-Encoding` fields, in order.
+fn ends_chunked<'a>(transfer_encoding: impl Iterator<Item = &'a [u8]>) -> bool {
+    transfer_encoding
+        .last()
+        .and_then(|v| v.rsplit(|&b| b == b',').next())
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
@@ -852,6 +925,12 @@ impl UpstreamBody {
         UpstreamBody {
             kind: Kind::Hyper(inner),
         }
+    }
+
+    /// The response this body belongs to came without hop-by-hop fields: this module's own
+    /// client takes them out as it reads the head.
+    pub fn hop_by_hop_removed(&self) -> bool {
+        matches!(self.kind, Kind::Own(_))
     }
 }
 
@@ -1104,6 +1183,11 @@ impl hyper::body::Body for UpstreamBody {
 mod tests {
     use super::*;
 
+    /// The values of the `name` fields, as the head parser passes them.
+    fn values(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+        headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+
     fn decode_all(wire: &[u8], piece: usize) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
         let mut state = Chunked::Size;
         let mut buf = BytesMut::new();
@@ -1206,17 +1290,74 @@ mod tests {
     #[test]
     fn keep_alive_follows_the_version_and_connection() {
         let mut h = HeaderMap::new();
-        assert!(keeps_alive(Version::HTTP_11, &h));
-        assert!(!keeps_alive(Version::HTTP_10, &h));
+        assert!(keeps_alive(
+            Version::HTTP_11,
+            values(&h, header::CONNECTION)
+        ));
+        assert!(!keeps_alive(
+            Version::HTTP_10,
+            values(&h, header::CONNECTION)
+        ));
         h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(keeps_alive(Version::HTTP_10, &h));
+        assert!(keeps_alive(
+            Version::HTTP_10,
+            values(&h, header::CONNECTION)
+        ));
         h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
-        assert!(!keeps_alive(Version::HTTP_11, &h));
+        assert!(!keeps_alive(
+            Version::HTTP_11,
+            values(&h, header::CONNECTION)
+        ));
     }
 
     mod properties {
         use super::*;
         use proptest::prelude::*;
+
+        /// The header fields, framing and reuse of a response head to a request that asked no
+        /// upgrade, the way they were found before hop-by-hop fields were left out as the head
+        /// is read: every field in the map, `Content-Length` removed beside
+        /// `Transfer-Encoding`, then the hop-by-hop fields removed from the map.
+        fn reference(wire: &[u8], head_request: bool) -> Option<(Vec<String>, String, bool)> {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut fields);
+            let Ok(httparse::Status::Complete(_)) = response.parse(wire) else {
+                return None;
+            };
+            let mut headers = HeaderMap::new();
+            for field in response.headers.iter() {
+                headers.append(
+                    HeaderName::from_bytes(field.name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(field.value).ok()?,
+                );
+            }
+            let mut reusable = keeps_alive(Version::HTTP_11, values(&headers, header::CONNECTION));
+            let delimited = if head_request {
+                Delimited::Done
+            } else if headers.contains_key(header::TRANSFER_ENCODING) {
+                if headers.remove(header::CONTENT_LENGTH).is_some() {
+                    reusable = false;
+                }
+                if ends_chunked(values(&headers, header::TRANSFER_ENCODING)) {
+                    Delimited::Chunked(Chunked::Size)
+                } else {
+                    Delimited::Close
+                }
+            } else {
+                match content_length(&headers) {
+                    Ok(Some(0)) => Delimited::Done,
+                    Ok(Some(n)) => Delimited::Length(n),
+                    Ok(None) => Delimited::Close,
+                    Err(()) => return None,
+                }
+            };
+            if matches!(delimited, Delimited::Close) {
+                reusable = false;
+            }
+            super::super::super::forward::strip_hop_by_hop(&mut headers);
+            let listed = headers.iter().map(|(n, v)| format!("{n}: {v:?}")).collect();
+            Some((listed, format!("{delimited:?}"), reusable))
+        }
 
         /// A chunked encoding of `chunks`, with an extension on every other size line.
         fn encode(chunks: &[Vec<u8>], trailer: bool) -> Vec<u8> {
@@ -1264,6 +1405,40 @@ mod tests {
                 let _ = final_head_arrived(&mut answer);
             }
 
+            /// Hop-by-hop fields left out as the head is read give what removing them from
+            /// the whole map did: the same fields in the same order, the same framing.
+            #[test]
+            fn leaving_hop_by_hop_fields_out_changes_nothing(
+                fields in prop::collection::vec((0usize..10, 0usize..9, any::<bool>()), 0..10),
+                head_request in any::<bool>(),
+            ) {
+                const NAMES: [&str; 10] = [
+                    "x-a", "x-b", "x-c", "connection", "te", "keep-alive", "content-length",
+                    "transfer-encoding", "upgrade", "content-type",
+                ];
+                const VALUES: [&str; 9] = [
+                    "1", "keep-alive", "close", "x-a", "chunked", "gzip, chunked",
+                    "Keep-Alive, X-B", "5", "",
+                ];
+                let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+                for &(name, value, upper) in &fields {
+                    let name = if upper { NAMES[name].to_ascii_uppercase() } else { NAMES[name].to_owned() };
+                    wire.extend_from_slice(format!("{name}: {}\r\n", VALUES[value]).as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                let listed = |headers: &HeaderMap| {
+                    headers.iter().map(|(n, v)| format!("{n}: {v:?}")).collect::<Vec<_>>()
+                };
+                let got = match parse_head(Bytes::from(wire.clone())) {
+                    Ok(Head::Complete(mut received)) => received
+                        .settle(head_request)
+                        .ok()
+                        .map(|(delimited, reusable)| (listed(&received.headers), format!("{delimited:?}"), reusable)),
+                    _ => None,
+                };
+                prop_assert_eq!(got, reference(&wire, head_request));
+            }
+
             #[test]
             fn a_response_head_and_its_body_split_where_the_head_ends(
                 names in prop::collection::vec("[a-z][a-z0-9-]{0,12}", 0..10),
@@ -1292,8 +1467,8 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("gzip, chunked"),
         );
-        assert!(ends_chunked(&h));
+        assert!(ends_chunked(values(&h, header::TRANSFER_ENCODING)));
         h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
-        assert!(!ends_chunked(&h));
+        assert!(!ends_chunked(values(&h, header::TRANSFER_ENCODING)));
     }
 }
