@@ -21,5 +21,6 @@ mod shutdown;
 mod store_stress;
 mod streaming;
 mod tls;
+mod token_cache;
 mod upstreams;
 mod websocket;
