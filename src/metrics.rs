@@ -32,6 +32,9 @@ pub struct Metrics {
     pub key_changes: IntCounterVec,
     pub open_tunnels: IntGauge,
     pub token_exchanges: IntCounterVec,
+    /// `scopegate_token_cache_lookups_total{result="hit"}` and `{result="miss"}`.
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,6 +120,15 @@ impl Metrics {
             &["kind", "result"],
         )
         .expect("valid metric");
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "scopegate_token_cache_lookups_total",
+                "Bearer tokens looked up in the workers' token caches: hit (verified before, \
+                 its claims checked again) or miss (verified in full).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "scopegate_build_info",
@@ -142,6 +154,7 @@ impl Metrics {
             Box::new(key_changes.clone()),
             Box::new(open_tunnels.clone()),
             Box::new(token_exchanges.clone()),
+            Box::new(token_cache.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -162,6 +175,8 @@ impl Metrics {
             key_changes,
             open_tunnels,
             token_exchanges,
+            token_cache_hits: token_cache.with_label_values(&["hit"]),
+            token_cache_misses: token_cache.with_label_values(&["miss"]),
         }
     }
 

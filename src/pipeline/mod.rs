@@ -397,7 +397,7 @@ pub async fn handle(
     let method = method_label(&parts.method);
     let outcome = match check_host(&parts).and_then(|()| check_transfer_coding(&parts.headers)) {
         Ok(()) => TOKENS.with_borrow_mut(|cache| {
-            decide_cached(
+            let outcome = decide_cached(
                 &snapshot,
                 &keys,
                 cache,
@@ -405,7 +405,15 @@ pub async fn handle(
                 &parts.uri,
                 &parts.headers,
                 now_seconds(),
-            )
+            );
+            let (hits, misses) = cache.take_counts();
+            if hits > 0 {
+                gateway.metrics.token_cache_hits.inc_by(hits);
+            }
+            if misses > 0 {
+                gateway.metrics.token_cache_misses.inc_by(misses);
+            }
+            outcome
         }),
         Err(e) => Outcome {
             route: None,
@@ -742,7 +750,9 @@ mod cached_tests {
         let t = token(claims());
         let first = fx.grant("/machines/m1", &t);
         assert_eq!(fx.cache.len(), 1);
+        assert_eq!(fx.cache.take_counts(), (0, 1), "a miss");
         assert!(Arc::ptr_eq(&first, &fx.grant("/rt", &t)));
+        assert_eq!(fx.cache.take_counts(), (1, 0), "a hit");
         let mut other = claims();
         other["jti"] = json!("another");
         let second = fx.grant("/machines/m1", &token(other));
@@ -866,6 +876,7 @@ mod cached_tests {
             );
         }
         assert_eq!(fx.cache.len(), 0);
+        assert_eq!(fx.cache.take_counts(), (0, 2), "each refusal was a miss");
         // A remembered token does not vouch for one that differs in its last byte.
         fx.grant("/rt", &t);
         assert!(fx.decide("/rt", &bearer(&forged), now_seconds()).is_err());

@@ -57,6 +57,9 @@ pub struct TokenCache {
     old: Table,
     half: usize,
     hasher: RandomState,
+    /// Lookups since [`TokenCache::take_counts`]: found, or verified in full.
+    hits: u64,
+    misses: u64,
 }
 
 /// Keyed by the token's SipHash; the entry holds the token to compare.
@@ -94,6 +97,8 @@ impl Default for TokenCache {
             old: Table::default(),
             half: 0,
             hasher: RandomState::new(),
+            hits: 0,
+            misses: 0,
         }
     }
 }
@@ -122,15 +127,28 @@ impl TokenCache {
             .hash_one(&token.as_bytes()[token.len().saturating_sub(HASHED_BYTES)..]);
         if let Some(grant) = self.find(hash, token) {
             match snapshot.verifier.check_claims(&grant.claims, now, &mut ()) {
-                Ok(()) => return Ok(grant),
+                Ok(()) => {
+                    self.hits += 1;
+                    return Ok(grant);
+                }
                 // Expired (or not yet valid): forgotten, and refused below with the reason a
                 // full verification gives.
                 Err(_) => self.forget(hash),
             }
         }
+        self.misses += 1;
         let grant = verify()?;
         self.remember(hash, token, grant.clone());
         Ok(grant)
+    }
+
+    /// The hits and misses since the last call (for the metrics, which the cache does not
+    /// know: tests run several gateways on one thread).
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.hits),
+            std::mem::take(&mut self.misses),
+        )
     }
 
     /// How many tokens are remembered.

@@ -16,6 +16,15 @@ const PATIENCE: Duration = Duration::from_secs(5);
 /// Enough connections that each of the two workers serves several.
 const SPREAD: usize = 16;
 
+/// `scopegate_token_cache_lookups_total{result}` from a `/metrics` text.
+fn lookups(metrics: &str, result: &str) -> u64 {
+    let line = format!("scopegate_token_cache_lookups_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 async fn status(gw: &ChildGateway, path: &str, token: &str) -> u16 {
     gw.get(path).bearer(token).send().await.status.as_u16()
 }
@@ -33,6 +42,8 @@ async fn a_remembered_token_is_narrowed_per_route_and_refused_by_every_worker_on
         status(&gw, "/state", &token).await == 200
     })
     .await;
+    let metrics = gw.metrics().await;
+    let before = (lookups(&metrics, "hit"), lookups(&metrics, "miss"));
 
     for i in 0..SPREAD {
         assert_eq!(status(&gw, "/state", &token).await, 200, "request {i}");
@@ -47,6 +58,17 @@ async fn a_remembered_token_is_narrowed_per_route_and_refused_by_every_worker_on
         forwarded,
         SPREAD + 1,
         "only the allowed requests went upstream"
+    );
+    // One worker verified the token to answer the first 200; the other verifies it once.
+    let metrics = gw.metrics().await;
+    let (hits, misses) = (
+        lookups(&metrics, "hit") - before.0,
+        lookups(&metrics, "miss") - before.1,
+    );
+    assert_eq!(hits + misses, 2 * SPREAD as u64, "{metrics}");
+    assert!(
+        misses <= 1,
+        "{misses} misses after both workers saw the token"
     );
 
     gw.store.delete_key(&key.id).unwrap();
