@@ -694,6 +694,8 @@ mod cached_tests {
 
     use std::sync::Arc;
 
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use http::{HeaderValue, Method};
     use serde_json::json;
 
@@ -880,6 +882,34 @@ mod cached_tests {
         // A remembered token does not vouch for one that differs in its last byte.
         fx.grant("/rt", &t);
         assert!(fx.decide("/rt", &bearer(&forged), now_seconds()).is_err());
+    }
+
+    #[test]
+    fn a_forgery_that_shares_a_tokens_signature_does_not_displace_it() {
+        let mut fx = Fixture::new("token_cache_entries = 4");
+        let t = token(claims());
+        let first = fx.grant("/rt", &t);
+        // Two more tokens turn the young table over: `t` is in the old one now.
+        for i in 0..2 {
+            let mut c = claims();
+            c["jti"] = json!(i);
+            fx.grant("/rt", &token(c));
+        }
+        // The same signature (so the same slot) on another payload.
+        let (message, signature) = t.rsplit_once('.').unwrap();
+        let (header, _) = message.split_once('.').unwrap();
+        let mut other = claims();
+        other["jti"] = json!("forged");
+        let payload = URL_SAFE_NO_PAD.encode(other.to_string());
+        let forged = format!("{header}.{payload}.{signature}");
+        assert_eq!(
+            fx.decide("/rt", &bearer(&forged), now_seconds())
+                .unwrap_err(),
+            GatewayError::InvalidToken(TokenFault::BadSignature)
+        );
+        fx.cache.take_counts();
+        assert!(Arc::ptr_eq(&first, &fx.grant("/rt", &t)));
+        assert_eq!(fx.cache.take_counts(), (1, 0), "still remembered");
     }
 
     #[test]

@@ -43,8 +43,9 @@ use crate::keys::KeySet;
 pub const MAX_CACHED_TOKEN_BYTES: usize = 4096;
 
 /// How much of a token's end is hashed: HS256's whole signature (43 characters), most of
-/// HS384's and HS512's. Tokens that share it share a bucket and are told apart by the
-/// comparison (SipHash's key keeps a client from choosing a bucket).
+/// HS384's and HS512's. Tokens that share it share a slot: the comparison tells them apart,
+/// and only one that verified replaces the other. SipHash's key keeps a client from choosing
+/// a slot.
 const HASHED_BYTES: usize = 43;
 
 /// One worker's remembered tokens.
@@ -180,10 +181,11 @@ impl TokenCache {
         if let Some(entry) = self.young.get(&hash) {
             return same(entry).then(|| entry.grant.clone());
         }
-        let entry = self.old.remove(&hash)?;
-        if !same(&entry) {
+        // Another token in the slot stays where it is: only a verified one replaces it.
+        if !same(self.old.get(&hash)?) {
             return None;
         }
+        let entry = self.old.remove(&hash).expect("just found");
         let grant = entry.grant.clone();
         self.insert_young(hash, entry);
         Some(grant)
