@@ -746,6 +746,13 @@ mod cached_tests {
         }
     }
 
+    /// A valid token that differs from [`token`]`(claims())` by its `jti`.
+    fn another_token(jti: impl Into<serde_json::Value>) -> String {
+        let mut c = claims();
+        c["jti"] = jti.into();
+        token(c)
+    }
+
     #[test]
     fn a_hit_is_the_grant_verified_before_and_another_token_is_not() {
         let mut fx = Fixture::new("");
@@ -755,9 +762,7 @@ mod cached_tests {
         assert_eq!(fx.cache.take_counts(), (0, 1), "a miss");
         assert!(Arc::ptr_eq(&first, &fx.grant("/rt", &t)));
         assert_eq!(fx.cache.take_counts(), (1, 0), "a hit");
-        let mut other = claims();
-        other["jti"] = json!("another");
-        let second = fx.grant("/machines/m1", &token(other));
+        let second = fx.grant("/machines/m1", &another_token("another"));
         assert!(!Arc::ptr_eq(&first, &second));
         assert_eq!(fx.cache.len(), 2);
     }
@@ -891,16 +896,14 @@ mod cached_tests {
         let first = fx.grant("/rt", &t);
         // Two more tokens turn the young table over: `t` is in the old one now.
         for i in 0..2 {
-            let mut c = claims();
-            c["jti"] = json!(i);
-            fx.grant("/rt", &token(c));
+            fx.grant("/rt", &another_token(i));
         }
         // The same signature (so the same slot) on another payload.
         let (message, signature) = t.rsplit_once('.').unwrap();
         let (header, _) = message.split_once('.').unwrap();
-        let mut other = claims();
-        other["jti"] = json!("forged");
-        let payload = URL_SAFE_NO_PAD.encode(other.to_string());
+        let mut forged_claims = claims();
+        forged_claims["jti"] = json!("forged");
+        let payload = URL_SAFE_NO_PAD.encode(forged_claims.to_string());
         let forged = format!("{header}.{payload}.{signature}");
         assert_eq!(
             fx.decide("/rt", &bearer(&forged), now_seconds())
@@ -918,9 +921,7 @@ mod cached_tests {
         let busy = token(claims());
         let first = fx.grant("/rt", &busy);
         for i in 0..100 {
-            let mut c = claims();
-            c["jti"] = json!(i);
-            fx.grant("/rt", &token(c));
+            fx.grant("/rt", &another_token(i));
             assert!(fx.cache.len() <= 8, "{} entries", fx.cache.len());
             assert!(Arc::ptr_eq(&first, &fx.grant("/rt", &busy)));
         }
