@@ -389,7 +389,7 @@ fn present(
     assert!(!route.public, "a public route forwarded an identity");
     // A request allowed with an identity carried a token that verifies on its own.
     let verified = verified.expect("decide allowed a token that verify refuses");
-    let key = &identity.key;
+    let key = identity.key();
     let fixture = fixture_key(&key.id).expect("a fixture key");
     assert_eq!(&*key.org, fixture.org, "the org is the key's");
     // Effective scopes: never more than the key's, always all the route's.
@@ -409,7 +409,7 @@ fn present(
         "a required scope is missing"
     );
     assert_eq!(
-        identity.scopes.to_str().ok(),
+        identity.scopes().to_str().ok(),
         Some(effective.joined().as_str())
     );
     match which {

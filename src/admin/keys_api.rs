@@ -199,7 +199,7 @@ async fn create(
             missing: missing.join(" "),
         });
     }
-    let org = identity.key.org.to_string();
+    let org = identity.key().org.to_string();
     let scopes: Vec<String> = wanted.iter().map(str::to_owned).collect();
     let key_name = name.clone();
     let created = blocking(move || {
@@ -253,7 +253,7 @@ async fn list(
                 .ok_or_else(|| GatewayError::InvalidRequest("cursor is not valid".into()))?,
         ),
     };
-    let org = identity.key.org.to_string();
+    let org = identity.key().org.to_string();
     let mut keys = blocking(move || store.list_keys(Some(&org)))
         .await
         .map_err(store_failure)?;
@@ -296,7 +296,7 @@ async fn delete(
         .strip_prefix("/keys/")
         .ok_or(GatewayError::KeyNotFound)?
         .to_owned();
-    let org = identity.key.org.to_string();
+    let org = identity.key().org.to_string();
     let target = id.clone();
     let result = blocking(move || store.delete_key_in_org(&org, &target)).await;
     if let Err(e) = result {
@@ -325,8 +325,8 @@ fn audit(gateway: &Gateway, identity: &Identity, action: &'static str, key: &str
     tracing::info!(
         target: "scopegate::audit",
         action,
-        org = %identity.key.org,
-        actor_key = %identity.key.id,
+        org = %identity.key().org,
+        actor_key = %identity.key().id,
         actor_sub = identity.sub_text(),
         key,
         scopes,

@@ -38,17 +38,24 @@ impl Permit {
 /// The verified identity, ready to become headers.
 #[derive(Debug)]
 pub struct Identity {
-    pub key: Arc<Key>,
-    /// What the token grants, whatever the request.
+    /// What the token grants, whatever the request: the key and the scopes.
     pub grant: Arc<Grant>,
-    /// Effective scopes, space-separated.
-    pub scopes: HeaderValue,
+    /// From the token's `act`, or from the impersonation header.
     pub sub: Option<HeaderValue>,
     /// base64url of the end-user claims JSON.
     pub claims: Option<HeaderValue>,
 }
 
 impl Identity {
+    pub fn key(&self) -> &Arc<Key> {
+        &self.grant.key
+    }
+
+    /// Effective scopes, space-separated, as forwarded.
+    pub fn scopes(&self) -> &HeaderValue {
+        &self.grant.scopes
+    }
+
     /// The scopes this request may use.
     pub fn effective(&self) -> &ScopeSet {
         self.grant.effective()
@@ -197,13 +204,7 @@ pub fn authorize_traced(
         }
     };
     Ok(Permit {
-        identity: Some(Identity {
-            key: key.clone(),
-            scopes: grant.scopes.clone(),
-            grant,
-            sub,
-            claims,
-        }),
+        identity: Some(Identity { grant, sub, claims }),
     })
 }
 

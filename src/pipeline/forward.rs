@@ -488,9 +488,9 @@ pub fn prepare_headers(
     }
 
     if let Some(id) = &permit.identity {
-        headers.insert(names.org.clone(), id.key.org_header.clone());
-        headers.insert(names.key.clone(), id.key.id_header.clone());
-        headers.insert(names.scopes.clone(), id.scopes.clone());
+        headers.insert(names.org.clone(), id.key().org_header.clone());
+        headers.insert(names.key.clone(), id.key().id_header.clone());
+        headers.insert(names.scopes.clone(), id.scopes().clone());
         if let Some(sub) = &id.sub {
             headers.insert(names.sub.clone(), sub.clone());
         }

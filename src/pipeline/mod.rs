@@ -429,7 +429,7 @@ pub async fn handle(
                 .permit
                 .identity
                 .as_ref()
-                .map(|id| (id.key.id.clone(), id.key.org.clone()));
+                .map(|id| (id.key().id.clone(), id.key().org.clone()));
             let result = match decision.action {
                 Action::Builtin(builtin) => crate::admin::builtin(
                     &gateway,
@@ -619,8 +619,8 @@ mod tests {
             }
         );
         let id = decision.permit.identity.unwrap();
-        assert_eq!(&*id.key.org, "org_a");
-        assert_eq!(id.scopes, "machines.read state.read");
+        assert_eq!(&*id.key().org, "org_a");
+        assert_eq!(id.scopes(), "machines.read state.read");
         let claims = URL_SAFE_NO_PAD
             .decode(id.claims.unwrap().as_bytes())
             .unwrap();
