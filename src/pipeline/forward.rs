@@ -135,17 +135,20 @@ impl Upstream {
     ///
     /// With `max_body` set, the body is counted as it streams: once it passes the limit the
     /// upload is cut and the answer is 413 (unless the upstream already answered).
+    ///
+    /// The request is `parts` (left as sent, or emptied for a hyper client) and `body`: taken
+    /// apart, it is not moved through every layer down to the socket.
     pub async fn send(
         &self,
-        request: Request<ClientBody>,
+        parts: &mut http::request::Parts,
+        body: ClientBody,
         max_body: Option<u64>,
         upgrade: bool,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // Most requests have no body: no signal to wait for, and no counter.
-        let sent = (!request.body().is_end_stream()).then(|| Arc::new(Notify::new()));
+        let sent = (!body.is_end_stream()).then(|| Arc::new(Notify::new()));
         let exceeded = max_body.map(|_| Arc::new(AtomicBool::new(false)));
-        let request =
-            request.map(|body| RequestBody::new(body, sent.clone(), max_body, exceeded.clone()));
+        let body = RequestBody::new(body, sent.clone(), max_body, exceeded.clone());
         let deadline = async {
             if let Some(sent) = &sent {
                 sent.notified().await;
@@ -168,14 +171,16 @@ impl Upstream {
         };
         match &self.client {
             Transport::H1(pool) => tokio::select! {
-                result = pool.send(request, upgrade) => result.map_err(|e| failed(&e)),
+                result = pool.send(parts, body, upgrade) => result.map_err(|e| failed(&e)),
                 () = deadline => Err(GatewayError::UpstreamTimeout),
             },
             Transport::Plain(client) => {
+                let request = Request::from_parts(take_parts(parts), body);
                 self.via_legacy(request, |r| client.request(r), deadline, failed)
                     .await
             }
             Transport::Tls(client) => {
+                let request = Request::from_parts(take_parts(parts), body);
                 self.via_legacy(request, |r| client.request(r), deadline, failed)
                     .await
             }
@@ -628,16 +633,19 @@ pub fn upstream_uri(
 
 /// Forwards an authorized request: rewrites its headers, sends it, and — for a protocol
 /// upgrade the upstream accepts — splices the two connections.
+///
+/// `parts` is rewritten in place into the upstream request.
+#[allow(clippy::too_many_arguments)] // the request in its two parts
 pub async fn forward(
     gateway: &crate::gateway::Gateway,
     snapshot: &crate::gateway::Snapshot,
     (upstream, uri): (usize, Uri),
     permit: &Permit,
     route: &crate::config::Route,
-    request: Request<ClientBody>,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
     client: ClientSide<'_>,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
-    let (mut parts, body) = request.into_parts();
     let upstream_client = &snapshot.upstreams[upstream];
     // An HTTP/1.1 Upgrade can only be relayed to an upstream that speaks HTTP/1.1 too; to an
     // h2 upstream the request goes as a plain one, its Upgrade stripped as hop-by-hop.
@@ -662,10 +670,10 @@ pub async fn forward(
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let request = Request::from_parts(parts, body);
     let mut response = send_timed(
         upstream_client,
-        request,
+        parts,
+        body,
         route.max_body_bytes,
         client_upgrade.is_some(),
         &gateway.metrics,
@@ -690,17 +698,23 @@ pub async fn forward(
 /// Times the upstream round trip into the upstream histogram.
 pub async fn send_timed(
     upstream: &Upstream,
-    request: Request<ClientBody>,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
     max_body: Option<u64>,
     upgrade: bool,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let started = Instant::now();
-    let result = upstream.send(request, max_body, upgrade).await;
+    let result = upstream.send(parts, body, max_body, upgrade).await;
     metrics
         .upstream_timer(&upstream.settings.name)
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Takes `parts` out of its place, leaving the parts of an empty `GET /` (no allocation).
+pub(super) fn take_parts(parts: &mut http::request::Parts) -> http::request::Parts {
+    std::mem::replace(parts, Request::new(()).into_parts().0)
 }
 
 /// The response body type of the gateway: a streamed upstream body or a small local one.

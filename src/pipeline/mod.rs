@@ -393,7 +393,7 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = gateway.snapshot.load_full();
     let keys = gateway.keys.load_full();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let method = method_label(&parts.method);
     let outcome = match check_host(&parts).and_then(|()| check_transfer_coding(&parts.headers)) {
         Ok(()) => TOKENS.with_borrow_mut(|cache| {
@@ -461,7 +461,8 @@ pub async fn handle(
                         (upstream, uri),
                         &decision.permit,
                         route,
-                        Request::from_parts(parts, body),
+                        &mut parts,
+                        body,
                         client,
                     )
                     .await

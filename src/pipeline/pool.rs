@@ -175,21 +175,25 @@ impl H1Pool {
     /// Sends `request` (an absolute URI of this upstream) in origin form with the upstream's
     /// `Host`, on an idle connection when one is ready, else on a new one. `upgrade`: the
     /// request asks to switch protocols, and the client side is ready to be spliced.
+    ///
+    /// The request is `parts` and `body`; `parts` is left as sent (with its `Host`), or
+    /// emptied when hyper's client sends an upgrade.
     pub async fn send(
         &self,
-        mut request: Request<RequestBody>,
+        parts: &mut http::request::Parts,
+        mut body: RequestBody,
         upgrade: bool,
     ) -> Result<Response<UpstreamBody>, PoolError> {
-        request
-            .headers_mut()
+        parts
+            .headers
             .insert(header::HOST, self.inner.host_header.clone());
         if upgrade {
             let mut origin = http::uri::Parts::default();
-            origin.path_and_query = request.uri().path_and_query().cloned();
-            *request.uri_mut() = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
+            origin.path_and_query = parts.uri.path_and_query().cloned();
+            parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
+            let request = Request::from_parts(super::forward::take_parts(parts), body);
             return self.send_upgrade(request).await;
         }
-        let (mut parts, mut body) = request.into_parts();
         let sending = framing(&mut parts.headers, &body);
         let head = encode_head(&parts.method, &parts.uri, &parts.headers);
         let trailers = if sending == Sending::Chunked {
