@@ -389,7 +389,8 @@ impl AccessLog {
         if !access_enabled() {
             return;
         }
-        let now = SystemTime::now();
+        // Logged as the answer is ready, when the request took its latest reading.
+        let now = crate::clock::latest().wall;
         self.out.append(&mut |buf| match self.format {
             LineFormat::Text => line.push_text(buf, now),
             LineFormat::Json => line.push_json(buf, now),

@@ -149,11 +149,19 @@ impl Upstream {
         let sent = (!body.is_end_stream()).then(|| Arc::new(Notify::new()));
         let exceeded = max_body.map(|_| Arc::new(AtomicBool::new(false)));
         let body = RequestBody::new(body, sent.clone(), max_body, exceeded.clone());
+        let timeout = self.settings.response_timeout;
         let deadline = async {
-            if let Some(sent) = &sent {
-                sent.notified().await;
+            match &sent {
+                Some(sent) => {
+                    sent.notified().await;
+                    tokio::time::sleep(timeout).await;
+                }
+                // Sent at once: counted from the request's start, microseconds earlier.
+                None => {
+                    let start = tokio::time::Instant::from_std(crate::clock::latest().instant);
+                    tokio::time::sleep_until(start + timeout).await;
+                }
             }
-            tokio::time::sleep(self.settings.response_timeout).await;
         };
         let too_large = || exceeded.as_ref().is_some_and(|e| e.load(Ordering::Acquire));
         let failed = |e: &dyn std::error::Error| {

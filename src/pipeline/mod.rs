@@ -390,7 +390,7 @@ pub async fn handle(
     peer: Arc<Peer>,
     proto: &'static str,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let start = crate::clock::read();
     let snapshot = gateway.snapshot.load_full();
     let keys = gateway.keys.load_full();
     let (mut parts, body) = request.into_parts();
@@ -404,7 +404,7 @@ pub async fn handle(
                 &parts.method,
                 &parts.uri,
                 &parts.headers,
-                now_seconds(),
+                start.unix_seconds(),
             );
             let (hits, misses) = cache.take_counts();
             if hits > 0 {
@@ -482,7 +482,11 @@ pub async fn handle(
         Some(GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout) => "upstream-error",
         Some(_) => "reject",
     };
-    let elapsed = started.elapsed();
+    // The answer is ready: what follows on this thread (the access line, the response's
+    // `date`, the next head timeout) takes this reading as "now".
+    let end = start.at(Instant::now());
+    crate::clock::keep(end);
+    let elapsed = end.instant - start.instant;
     let m = &gateway.metrics;
     m.record_request(
         outcome.route.map(|r| &r.template),

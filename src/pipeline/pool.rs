@@ -855,7 +855,8 @@ impl Inner {
     /// The most recently used connection still open. Closed and expired ones are dropped.
     fn take_idle(&self) -> Option<TcpStream> {
         let mut idle = self.idle();
-        let now = Instant::now();
+        // Taken while forwarding a request: its start is "now" to within microseconds.
+        let now = crate::clock::latest().instant;
         while let Some(conn) = idle.pop() {
             if now.duration_since(conn.since) <= self.idle_timeout && still_open(&conn.stream) {
                 return Some(conn.stream);

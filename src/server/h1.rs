@@ -174,7 +174,10 @@ pub(super) async fn serve(
             let _ = stream.shutdown().await;
             return Ok(End::Closed);
         }
-        timeout.as_mut().reset(Instant::now() + s.header_timeout);
+        // From the answer (the clock was read as it was ready, microseconds ago).
+        timeout
+            .as_mut()
+            .reset(Instant::from_std(crate::clock::latest().instant) + s.header_timeout);
     }
 }
 
@@ -613,14 +616,15 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 /// The `date` field's value, formatted once a second per thread.
 mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
 
     pub(super) fn extend(out: &mut Vec<u8>) {
-        let now = SystemTime::now();
+        // Written as the answer is ready, when the request took its latest reading.
+        let now = crate::clock::latest().wall;
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
