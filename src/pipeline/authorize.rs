@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::trace::Trace;
@@ -16,10 +16,11 @@ use crate::error::GatewayError;
 use crate::keys::Key;
 use crate::scopes::{ScopeSet, ORG_KEYS_WRITE};
 
-/// The header State Backed's client sends to act for an end user.
-pub const ACT_HEADER: &str = "x-statebacked-act";
+/// The header State Backed's client sends to act for an end user. (A `HeaderName`, not a
+/// `&str`: a lookup by text parses and hashes the name on every request.)
+pub const ACT_HEADER: HeaderName = HeaderName::from_static("x-statebacked-act");
 /// The header State Backed's client sends to name the organization.
-pub const ORG_HEADER: &str = "x-statebacked-org-id";
+pub const ORG_HEADER: HeaderName = HeaderName::from_static("x-statebacked-org-id");
 const MAX_ACT_HEADER_BYTES: usize = 8 * 1024;
 
 /// Proof that a request may be forwarded, with the identity to forward.
@@ -144,7 +145,7 @@ pub fn authorize_traced(
         });
         return Err(GatewayError::WrongOrg);
     }
-    for value in headers.get_all(ORG_HEADER) {
+    for value in headers.get_all(&ORG_HEADER) {
         if value.as_bytes() != key.org.as_bytes() {
             trace.step("organization", || {
                 format!("{ORG_HEADER} is not the key's organization {}", key.org)
@@ -181,7 +182,7 @@ pub fn authorize_traced(
         });
     }
 
-    let mut act_headers = headers.get_all(ACT_HEADER).iter();
+    let mut act_headers = headers.get_all(&ACT_HEADER).iter();
     let (sub, claims) = match act_headers.next() {
         None => (grant.sub.clone(), grant.act_claims.clone()),
         Some(value) => {

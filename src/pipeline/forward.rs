@@ -468,7 +468,7 @@ pub fn prepare_headers(
             // `x_statebacked_act`, `x_forwarded_for` or `transfer_encoding` would carry past
             // the gateway what it checks, replaces or strips under the `-` spelling.
             text.contains('_')
-                || text == ACT_HEADER
+                || *name == ACT_HEADER
                 || OVERRIDES.contains(&text)
                 || names.matches(name)
         })
