@@ -90,7 +90,10 @@ pub(super) async fn serve(
     drain: &mut watch::Receiver<bool>,
 ) -> io::Result<End> {
     let mut buf = BytesMut::new();
-    let mut timeout = pin!(tokio::time::sleep_until(s.first_deadline));
+    // The head timeout: `deadline` moves on after every answer, the timer only when it goes
+    // off before it (once per timeout at most, rather than a timer reset per request).
+    let mut deadline = s.first_deadline;
+    let mut timeout = pin!(tokio::time::sleep_until(deadline));
     loop {
         // 1. A whole head: parsed from what is buffered, else read until it is.
         // Set once a whole head's body was found not all read: one more read is tried at once.
@@ -143,6 +146,10 @@ pub(super) async fn serve(
                     }
                 }
                 () = timeout.as_mut() => {
+                    if timeout.deadline() < deadline {
+                        timeout.as_mut().reset(deadline);
+                        continue;
+                    }
                     tracing::debug!(peer = %s.peer.addr, "no request head within the head timeout");
                     return Ok(End::Closed);
                 }
@@ -175,9 +182,7 @@ pub(super) async fn serve(
             return Ok(End::Closed);
         }
         // From the answer (the clock was read as it was ready, microseconds ago).
-        timeout
-            .as_mut()
-            .reset(Instant::from_std(crate::clock::latest().instant) + s.header_timeout);
+        deadline = Instant::from_std(crate::clock::latest().instant) + s.header_timeout;
     }
 }
 

@@ -1058,6 +1058,27 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_head_timeout() {
     );
 }
 
+/// 10b. The head timeout counts from the latest answer, not from the accept: a connection sending
+///      a request every 0.4 s stays open well past the first second, then idles out about 1 s
+///      after its last answer.
+#[tokio::test]
+async fn the_head_timeout_counts_from_the_latest_answer() {
+    let s = setup(echo).await;
+    let mut c = s.connect().await;
+    for i in 0..6 {
+        c.send(s.get(&format!("/r/busy{i}"), "")).await;
+        assert_eq!(c.response("GET").await.status, 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    c.send(s.get("/r/last", "")).await;
+    assert_eq!(c.response("GET").await.status, 200);
+    let idle = c.closed().await;
+    assert!(
+        idle >= Duration::from_millis(500) && idle <= Duration::from_secs(3),
+        "closed {idle:?} after the last answer"
+    );
+}
+
 /// 11. A request head split over several writes with pauses (all within the head timeout)
 ///     is served.
 #[tokio::test]
