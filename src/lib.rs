@@ -11,7 +11,7 @@
 //! - [`server`]: accept loops, graceful drain; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`exchange`]: token exchange (`POST /tokens`) and anonymous sessions.
 //! - [`error`]: every refusal and the one place it becomes a response; [`metrics`]: collectors.
-//! - [`logging`]: the batching log writer.
+//! - [`logging`]: the batching log writer; [`clock`]: the per-thread latest clock reading.
 //! - [`cli`]: the `scopegate` subcommands, including [`cli::demo`].
 //! - `fuzzing` (hidden): the checks behind the fuzz targets (`fuzz/`) and `tests/fuzz_replay.rs`.
 //!
