@@ -131,7 +131,8 @@ impl Upstream {
 
     /// Sends the request. The response head must arrive within the response timeout,
     /// counted from the moment the request body has been sent in full: a slow upload is the
-    /// client's pace, not the upstream's.
+    /// client's pace, not the upstream's. A request without a body counts from its start (the
+    /// thread's latest clock reading, microseconds before it is written).
     ///
     /// With `max_body` set, the body is counted as it streams: once it passes the limit the
     /// upload is cut and the answer is 413 (unless the upstream already answered).

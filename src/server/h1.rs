@@ -651,7 +651,6 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 /// The `date` field's value, formatted once a second per thread.
 mod date {
     use std::cell::RefCell;
-    use std::time::UNIX_EPOCH;
 
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
@@ -659,12 +658,12 @@ mod date {
 
     pub(super) fn extend(out: &mut Vec<u8>) {
         // Written as the answer is ready, when the request took its latest reading.
-        let now = crate::clock::latest().wall;
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = crate::clock::latest();
+        let secs = now.unix_seconds();
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
             if cached.0 != secs || cached.1.is_empty() {
-                *cached = (secs, httpdate::fmt_http_date(now));
+                *cached = (secs, httpdate::fmt_http_date(now.wall));
             }
             out.extend_from_slice(cached.1.as_bytes());
         });
